@@ -1,0 +1,24 @@
+"""fpn-jax: Flow Plugin Networks in pure JAX.
+
+A frozen autoencoder's latents ``z = E(x)`` get a conditional normalizing flow ``p(z | y)``;
+sampling, Bayes-rule classification and attribute manipulation then happen in latent space.
+"""
+
+from fpn_jax.context import one_hot
+from fpn_jax.flows import ConditionalFlow, ConditionalMAF, ConditionalRealNVP
+from fpn_jax.inference import class_log_likelihoods, classify, manipulate
+from fpn_jax.train import History, TrainConfig, fit
+
+__all__ = [
+    "ConditionalFlow",
+    "ConditionalMAF",
+    "ConditionalRealNVP",
+    "History",
+    "TrainConfig",
+    "class_log_likelihoods",
+    "classify",
+    "fit",
+    "manipulate",
+    "one_hot",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,99 @@
+"""The one bijector contract of fpn-jax, and composition.
+
+Directions are named once, here, and everywhere else follows:
+
+* ``forward``: noise side → data side, ``y = f(x | c)``. Sampling and ``from_noise`` use it.
+* ``inverse``: data side → noise side, ``x = f⁻¹(y | c)``. Density evaluation, training
+  and ``to_noise`` use it.
+
+Both return the log absolute Jacobian determinant of the map they apply::
+
+    forward_and_log_det(x, c) -> (y, log|det ∂y/∂x|)          # shapes (N, D), (N,)
+    inverse_and_log_det(y, c) -> (x, log|det ∂x/∂y|)          # = -forward log-det at x
+
+The event axis is last; the log-det has the batch shape (N,). ``context`` is an (N, C)
+array (or ``None`` for unconditional bijectors) and ``key`` a PRNG key that only stochastic
+layers (dropout in training mode) consume; everything else is deterministic.
+
+nflows, whose models the paper used, calls the data → noise direction ``forward``; in
+fpn-jax it is ``inverse``. The change of variables for a flow ``y = f(x)``, ``x ~ p_x`` is
+
+    log p_y(y) = log p_x(f⁻¹(y)) + log|det ∂f⁻¹/∂y|.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+
+class Bijector(nnx.Module):
+    """Base class: an invertible map with a tractable Jacobian determinant."""
+
+    def forward_and_log_det(
+        self, x: Array, context: Array | None = None, *, key: Array | None = None
+    ) -> tuple[Array, Array]:
+        """Noise → data: ``y = f(x | c)`` and ``log|det ∂y/∂x|``, shapes (N, D) and (N,)."""
+        raise NotImplementedError
+
+    def inverse_and_log_det(
+        self, y: Array, context: Array | None = None, *, key: Array | None = None
+    ) -> tuple[Array, Array]:
+        """Data → noise: ``x = f⁻¹(y | c)`` and ``log|det ∂x/∂y|``, shapes (N, D) and (N,)."""
+        raise NotImplementedError
+
+
+def split_key(key: Array | None, num: int) -> list[Array | None]:
+    """Splits ``key`` into ``num`` keys, or returns ``num`` Nones for a missing key."""
+    if key is None:
+        return [None] * num
+    return list(jax.random.split(key, num))
+
+
+class Chain(Bijector):
+    """Composition ``f = f_0 ∘ f_1 ∘ … ∘ f_{K-1}`` (the distrax convention).
+
+    ``bijectors[0]`` sits on the data side: ``forward`` applies ``f_{K-1}`` first and ``f_0``
+    last; ``inverse`` applies ``f_0⁻¹`` first. The log-dets add up. This is also the order of
+    nflows' ``CompositeTransform``, whose "forward" is our inverse.
+    """
+
+    def __init__(self, bijectors: list[Bijector]):
+        self.bijectors = nnx.List(bijectors)
+
+    def forward_and_log_det(self, x, context=None, *, key=None):
+        log_det = jnp.zeros(x.shape[:-1], x.dtype)
+        keys = split_key(key, len(self.bijectors))
+        for bijector, k in zip(reversed(self.bijectors), reversed(keys)):
+            x, ld = bijector.forward_and_log_det(x, context, key=k)
+            log_det = log_det + ld
+        return x, log_det
+
+    def inverse_and_log_det(self, y, context=None, *, key=None):
+        log_det = jnp.zeros(y.shape[:-1], y.dtype)
+        keys = split_key(key, len(self.bijectors))
+        for bijector, k in zip(self.bijectors, keys):
+            y, ld = bijector.inverse_and_log_det(y, context, key=k)
+            log_det = log_det + ld
+        return y, log_det
+
+
+class Reverse(Bijector):
+    """Reverses the order of the features: ``y_i = x_{D-1-i}``; volume preserving."""
+
+    def forward_and_log_det(self, x, context=None, *, key=None):
+        return x[..., ::-1], jnp.zeros(x.shape[:-1], x.dtype)
+
+    def inverse_and_log_det(self, y, context=None, *, key=None):
+        return y[..., ::-1], jnp.zeros(y.shape[:-1], y.dtype)
+
+
+class Constant(nnx.Variable):
+    """A non-trainable array that belongs to the model (MADE and coupling masks).
+
+    Optimisers only see ``nnx.Param``; a ``Constant`` travels with the state like a
+    PyTorch buffer does.
+    """

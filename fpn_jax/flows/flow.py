@@ -1,0 +1,180 @@
+"""``ConditionalFlow``: a standard normal pushed through a conditional bijector.
+
+``z = T(u | y)`` with ``u ~ N(0, I_D)``; by the change of variables::
+
+    log p(z | y) = log N(T⁻¹(z | y); 0, I) + log|det ∂T⁻¹/∂z|
+
+Here ``T`` is the ``transform`` bijector (its ``forward`` is noise → data) and ``y`` the
+context, optionally embedded first by a linear map ``e(y) = y E + b`` (``embedding_features``)
+that every layer then sees instead of ``y``.
+
+Calling convention of the public methods: ``z``/``u`` are float (N, D) arrays, ``context``
+float (N, C) one-hot or multi-hot rows, ``key`` a PRNG key. Shapes and dtypes are checked
+before tracing; a wrong one raises ``ValueError`` naming the argument. Called with concrete
+arrays, each method runs a cached, jit-compiled program (``nnx.jit``). Called inside a JAX
+transformation (your own ``jax.jit``, ``jax.vmap``, ``jax.grad``...), it traces inline, so
+it composes with them. For hot loops, split the model once and merge inside your function::
+
+    graphdef, state = nnx.split(flow)
+
+    @jax.jit
+    def log_prob(state, z, context):
+        return nnx.merge(graphdef, state).log_prob(z, context)
+
+In training mode batch norm updates its running statistics on the merged copy: merge with
+``copy=True`` inside ``jax.grad``/``jax.vmap`` and read them back with
+``nnx.state(model, nnx.BatchStat)`` (``fpn_jax.train.fit`` does exactly this).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import distrax
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from fpn_jax import _checks
+from fpn_jax.flows.bijector import Bijector
+from fpn_jax.flows.nets import Linear
+from fpn_jax.flows.stack import is_training
+
+Array = jax.Array
+
+
+class ConditionalFlow(nnx.Module):
+    """Base class of the conditional flows: density, sampling and the two directions.
+
+    Subclasses set ``self.transform`` (a ``Bijector``; its ``forward`` maps noise to data)
+    after calling ``super().__init__``.
+
+    Args:
+      features: D, the latent width.
+      context_features: C, the width of the context rows given to the methods.
+      embedding_features: if set, the context goes through ``Linear(C, E)`` first and the
+        layers see E features (the paper's CelebA plugin); otherwise they see the C raw ones.
+      rngs: initialisation keys.
+    """
+
+    transform: Bijector
+
+    def __init__(
+        self,
+        features: int,
+        context_features: int,
+        *,
+        embedding_features: int | None = None,
+        rngs: nnx.Rngs,
+    ):
+        name = type(self).__name__
+        self.features = _checks.positive_int(features, name="features", where=name)
+        self.context_features = _checks.positive_int(context_features, name="context_features", where=name)
+        if embedding_features is None:
+            self.embedding = None
+        else:
+            e = _checks.positive_int(embedding_features, name="embedding_features", where=name)
+            self.embedding = Linear(self.context_features, e, rngs=rngs)
+
+    @property
+    def conditioner_features(self) -> int:
+        """Width of the context that the layers see (after the optional embedding)."""
+        return self.context_features if self.embedding is None else self.embedding.out_features
+
+    # ----------------------------------------------------------------- core (traceable)
+    def base_distribution(self) -> distrax.Distribution:
+        """``N(0, I_D)``."""
+        return distrax.MultivariateNormalDiag(jnp.zeros(self.features))
+
+    def embed(self, context: Array) -> Array:
+        return context if self.embedding is None else self.embedding(context)
+
+    def _log_prob(self, z: Array, context: Array, key: Array | None) -> Array:
+        u, log_det = self.transform.inverse_and_log_det(z, self.embed(context), key=key)
+        return self.base_distribution().log_prob(u) + log_det
+
+    def _to_noise(self, z: Array, context: Array) -> Array:
+        return self.transform.inverse_and_log_det(z, self.embed(context))[0]
+
+    def _from_noise(self, u: Array, context: Array) -> Array:
+        return self._from_noise_and_log_prob(u, context)[0]
+
+    def _from_noise_and_log_prob(self, u: Array, context: Array) -> tuple[Array, Array]:
+        z, log_det = self.transform.forward_and_log_det(u, self.embed(context))
+        return z, self.base_distribution().log_prob(u) - log_det
+
+    def _sample_and_log_prob(self, key: Array, context: Array) -> tuple[Array, Array]:
+        u = self.base_distribution().sample(seed=key, sample_shape=(context.shape[0],))
+        return self._from_noise_and_log_prob(u, context)
+
+    # ----------------------------------------------------------------- public API
+    def log_prob(self, z: Array, context: Array, *, key: Array | None = None) -> Array:
+        """``log p(z | context)``, shape (N,).
+
+        Args:
+          z: (N, D) latents.
+          context: (N, C) float one-hot / multi-hot rows.
+          key: only needed in training mode with dropout > 0.
+        """
+        z, context = self._check_pair("log_prob", "z", z, context)
+        if z.shape[0] < 2 and is_training(self):
+            raise ValueError(
+                f"{type(self).__name__}.log_prob: training mode normalises with batch statistics "
+                f"and needs N >= 2 rows; got N = {z.shape[0]}. Call model.eval() to use running statistics."
+            )
+        return self._dispatch("_log_prob", z, context, key)
+
+    def to_noise(self, z: Array, context: Array) -> Array:
+        """``u = T⁻¹(z | context)``, (N, D): the noise that generates ``z`` under ``context``."""
+        z, context = self._check_pair("to_noise", "z", z, context)
+        return self._dispatch("_to_noise", z, context)
+
+    def from_noise(self, u: Array, context: Array) -> Array:
+        """``z = T(u | context)``, (N, D)."""
+        u, context = self._check_pair("from_noise", "u", u, context)
+        self._check_can_sample("from_noise")
+        return self._dispatch("_from_noise", u, context)
+
+    def sample(self, key: Array, context: Array) -> Array:
+        """One sample ``z ~ p(z | context_n)`` per context row, (N, D)."""
+        return self.sample_and_log_prob(key, context)[0]
+
+    def sample_and_log_prob(self, key: Array, context: Array) -> tuple[Array, Array]:
+        """Samples (N, D) and their ``log p(z | context)`` (N,), in one pass."""
+        where = f"{type(self).__name__}.sample"
+        key = _checks.check_key(key, where=where)
+        context = self._check_context(where, context)
+        self._check_can_sample("sample")
+        return self._dispatch("_sample_and_log_prob", key, context)
+
+    # ----------------------------------------------------------------- helpers
+    def _check_context(self, where: str, context: Array) -> Array:
+        return _checks.as_float_matrix(
+            context, name="context", width=self.context_features, where=where, width_name="context_features"
+        )
+
+    def _check_pair(self, method: str, name: str, x: Array, context: Array) -> tuple[Array, Array]:
+        where = f"{type(self).__name__}.{method}"
+        x = _checks.as_float_matrix(x, name=name, width=self.features, where=where, width_name="features")
+        context = self._check_context(where, context)
+        _checks.same_rows(where, **{name: x, "context": context})
+        return x, context
+
+    def _check_can_sample(self, method: str) -> None:
+        if is_training(self):
+            raise RuntimeError(
+                f"{type(self).__name__}.{method}: the model is in training mode and uses batch "
+                "norm, whose noise -> data direction needs running statistics; call model.eval() first."
+            )
+
+    def _dispatch(self, method: str, *args):
+        """Runs ``self.<method>(*args)`` jit-compiled, or inline when already being traced."""
+        if _checks.is_traced(args, nnx.state(self)):
+            return getattr(self, method)(*args)
+        return _jitted(method)(self, *args)
+
+
+@functools.cache
+def _jitted(method: str):
+    """One ``nnx.jit`` per core method; it caches a compilation per model structure."""
+    return nnx.jit(lambda flow, *args: getattr(flow, method)(*args))

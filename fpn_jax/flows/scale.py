@@ -1,0 +1,44 @@
+"""Bounded positive scales for the affine layers, and their identity initialisation.
+
+* ``"softplus"``: ``s = softplus(a) + 1e-3`` ∈ (1e-3, ∞). fpn-jax's default for both flows
+  (and nflows' choice for MAF). It can stretch and shrink; ``a = softplus⁻¹(1 - 1e-3)`` gives
+  ``s = 1`` exactly, where its slope is a healthy 0.63.
+* ``"sigmoid"``: ``s = sigmoid(a + 2) + 1e-3`` ∈ (1e-3, 1.001), nflows' choice for affine
+  couplings, kept so that RealNVPs trained there convert exactly. Data → noise can then only
+  contract, which fits latents of spread ≥ 1 but not narrower ones. Its identity would sit
+  where the sigmoid saturates, so ``a = 0`` (``s ≈ 0.882``) is used instead.
+
+The floor 1e-3 keeps ``log s`` finite and divisions by ``s`` bounded.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+Array = jax.Array
+
+SCALE_FLOOR = 1e-3
+SCALE_FUNCTIONS = ("softplus", "sigmoid")
+IDENTITY_INIT_SCALE = 1e-3  # last conditioner layer: W ~ U(±1e-3), so the layer starts ≈ affine
+
+
+def check_scale_function(name: str, where: str) -> str:
+    if name not in SCALE_FUNCTIONS:
+        raise ValueError(f"{where}: `scale_function` must be one of {SCALE_FUNCTIONS}; got {name!r}.")
+    return name
+
+
+def positive_scale(raw: Array, function: str = "softplus") -> Array:
+    """Maps unconstrained outputs to scales bounded below by ``SCALE_FLOOR``."""
+    if function == "sigmoid":
+        return jax.nn.sigmoid(raw + 2.0) + SCALE_FLOOR
+    return jax.nn.softplus(raw) + SCALE_FLOOR
+
+
+def initial_raw_scale(function: str = "softplus") -> float:
+    """The raw value the scale bias starts at (identity for softplus, see module doc)."""
+    if function == "sigmoid":
+        return 0.0
+    y = 1.0 - SCALE_FLOOR
+    return float(y + np.log(-np.expm1(-y)))  # softplus⁻¹(y)

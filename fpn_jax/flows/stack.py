@@ -1,0 +1,81 @@
+"""``Repeat``: L layers of one structure, parameters stacked, applied with ``lax.scan``.
+
+Flows repeat one layer many times. Unrolling them in Python makes the compiled program (and
+the compile time) grow with the depth; stacking each parameter along a leading layer axis
+and scanning over it compiles one layer body whatever the depth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from fpn_jax.flows.bijector import Bijector
+
+Array = jax.Array
+
+
+def is_training(module: nnx.Module) -> bool:
+    """True if any submodule normalises with batch statistics (``model.train()``)."""
+    return any(
+        getattr(m, "use_running_average", True) is False for _, m in nnx.iter_modules(module)
+    )
+
+
+class Repeat(Bijector):
+    """``f = g_0 ∘ g_1 ∘ … ∘ g_{L-1}``: ``num_layers`` bijectors of identical structure.
+
+    ``g_0`` sits on the data side (as in ``Chain``): ``inverse`` (data → noise) scans the
+    layers in order 0..L-1, ``forward`` (noise → data) in reverse. Each layer has its own
+    parameters; every array in ``self.layers`` carries a leading axis of size L.
+
+    Args:
+      make_layer: ``make_layer(index, rngs) -> Bijector``; ``index`` is the layer's number as
+        a traced int32 scalar (use it for data such as alternating masks, not for Python
+        control flow).
+      num_layers: L.
+      rngs: parameter initialisation keys; split once per layer.
+    """
+
+    def __init__(
+        self,
+        make_layer: Callable[[Array, nnx.Rngs], Bijector],
+        num_layers: int,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        @nnx.split_rngs(splits=num_layers)
+        @nnx.vmap(in_axes=(0, 0), out_axes=0)
+        def make(index: Array, rngs: nnx.Rngs) -> Bijector:
+            return make_layer(index, rngs)
+
+        self.layers = make(jnp.arange(num_layers), rngs)
+        self.num_layers = num_layers
+
+    def _scan(self, method: str, x: Array, context: Array | None, key: Array | None, reverse: bool):
+        graphdef, state = nnx.split(self.layers)
+        keys = None if key is None else jax.random.split(key, self.num_layers)
+
+        def body(carry, xs):
+            x, log_det = carry
+            layer_state, layer_key = xs
+            layer = nnx.merge(graphdef, layer_state)
+            x, ld = getattr(layer, method)(x, context, key=layer_key)
+            return (x, log_det + ld), nnx.state(layer, nnx.BatchStat)
+
+        init = (x, jnp.zeros(x.shape[:-1], x.dtype))
+        (x, log_det), batch_stats = jax.lax.scan(body, init, (state, keys), reverse=reverse)
+        if is_training(self.layers):
+            # Training mode updates running statistics; eval mode leaves state untouched,
+            # which keeps closures over the model valid under an outer jit/vmap.
+            nnx.update(self.layers, batch_stats)
+        return x, log_det
+
+    def forward_and_log_det(self, x, context=None, *, key=None):
+        return self._scan("forward_and_log_det", x, context, key, reverse=True)
+
+    def inverse_and_log_det(self, y, context=None, *, key=None):
+        return self._scan("inverse_and_log_det", y, context, key, reverse=False)

@@ -1,0 +1,58 @@
+"""Shared fixtures: small flows and bijectors with non-trivial (perturbed) parameters.
+
+Freshly initialised flows sit near the identity, where many bugs are invisible; every test
+that checks maths perturbs all parameters and batch-norm statistics first.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from fpn_jax import ConditionalMAF, ConditionalRealNVP
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+FLOWS = {"maf": ConditionalMAF, "rnvp": ConditionalRealNVP}
+
+
+def perturb(module: nnx.Module, key: jax.Array, scale: float = 0.3) -> nnx.Module:
+    """Adds N(0, scale²) noise to every parameter and batch statistic (variances stay > 0)."""
+    state = nnx.state(module, (nnx.Param, nnx.BatchStat))
+    leaves, treedef = jax.tree.flatten_with_path(state)
+    keys = jax.random.split(key, len(leaves))
+    new = []
+    for (path, leaf), k in zip(leaves, keys):
+        noise = scale * jax.random.normal(k, leaf.shape, leaf.dtype)
+        is_var = "var" in str(path[-1])
+        new.append(leaf * jnp.exp(noise) if is_var else leaf + noise)
+    nnx.update(module, jax.tree.unflatten(treedef, new))
+    return module
+
+
+def make_flow(kind: str, features: int, context_features: int = 3, *, batch_norm: bool = False, seed: int = 0, **kw):
+    flow = FLOWS[kind](
+        features,
+        context_features,
+        hidden_features=kw.pop("hidden_features", 16),
+        num_layers=kw.pop("num_layers", 3),
+        batch_norm_within=batch_norm,
+        batch_norm_between=batch_norm,
+        rngs=nnx.Rngs(seed),
+        **kw,
+    )
+    return perturb(flow, jax.random.key(seed + 100), scale=0.15)
+
+
+def data(features: int, context_features: int = 3, n: int = 8, seed: int = 1):
+    kz, kc = jax.random.split(jax.random.key(seed))
+    z = jax.random.normal(kz, (n, features))
+    labels = jax.random.randint(kc, (n,), 0, context_features)
+    return z, jax.nn.one_hot(labels, context_features)
+
+
+@pytest.fixture(params=[(k, bn) for k in FLOWS for bn in (False, True)], ids=lambda p: f"{p[0]}-{'bn' if p[1] else 'nobn'}")
+def flow_kind(request):
+    return request.param

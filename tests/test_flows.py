@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import data, make_flow, perturb
+from conftest import FLOWS, data, make_flow, perturb
 from fpn_jax.flows.nets import MADE
 
 
@@ -164,3 +164,12 @@ def test_nan_is_not_hidden(flow_kind):
     lp = flow.log_prob(z, c)
     assert bool(jnp.isnan(lp[2]))
     assert not bool(jnp.isneginf(lp).any())
+
+
+@pytest.mark.parametrize("kind", ["maf", "rnvp"])
+def test_fresh_flows_start_near_the_identity(kind):
+    flow = FLOWS[kind](4, 3, hidden_features=16, num_layers=5, rngs=nnx.Rngs(0))
+    z, c = data(4, n=64)
+    reversals = z[:, ::-1] if kind == "maf" else z  # C-MAF: 5 reverse permutations
+    np.testing.assert_allclose(flow.to_noise(z, c), reversals, atol=0.05)
+    np.testing.assert_allclose(flow.log_prob(z, c), jax.scipy.stats.norm.logpdf(z).sum(1), atol=0.1)

@@ -23,7 +23,7 @@ from flax import nnx
 
 from fpn_jax.flows.bijector import Bijector
 from fpn_jax.flows.nets import MADE, Activation
-from fpn_jax.flows.scale import IDENTITY_INIT_SCALE, initial_raw_scale, positive_scale
+from fpn_jax.flows.scale import initial_raw_scale, positive_scale, start_near_identity
 from fpn_jax.flows.stack import is_training
 
 Array = jax.Array
@@ -64,12 +64,8 @@ class MaskedAffineAutoregressive(Bijector):
             batch_norm=batch_norm,
             rngs=rngs,
         )
-        final = self.made.final_layer
-        final.kernel[...] = jax.random.uniform(
-            rngs.params(), final.kernel.shape, minval=-IDENTITY_INIT_SCALE, maxval=IDENTITY_INIT_SCALE
-        )
-        identity_bias = jnp.zeros((features, 2)).at[:, 0].set(initial_raw_scale())
-        final.bias[...] = identity_bias.reshape(-1)
+        raw_bias = jnp.zeros((features, 2)).at[:, 0].set(initial_raw_scale())  # interleaved (a, m)
+        start_near_identity(self.made.final_layer, raw_bias.reshape(-1), rngs)
 
     def scale_and_shift(self, y: Array, context: Array | None, key: Array | None = None) -> tuple[Array, Array]:
         """``(s, m)``, each (N, D), from one MADE pass over ``y``."""

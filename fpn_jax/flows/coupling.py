@@ -25,7 +25,7 @@ from flax import nnx
 
 from fpn_jax.flows.bijector import Bijector, Constant
 from fpn_jax.flows.nets import Activation, ResidualNet
-from fpn_jax.flows.scale import IDENTITY_INIT_SCALE, check_scale_function, initial_raw_scale, positive_scale
+from fpn_jax.flows.scale import check_scale_function, initial_raw_scale, positive_scale, start_near_identity
 
 Array = jax.Array
 
@@ -72,11 +72,8 @@ class AffineCoupling(Bijector):
             batch_norm=batch_norm,
             rngs=rngs,
         )
-        final = self.net.final_layer
-        final.kernel[...] = jax.random.uniform(
-            rngs.params(), final.kernel.shape, minval=-IDENTITY_INIT_SCALE, maxval=IDENTITY_INIT_SCALE
-        )
-        final.bias[...] = jnp.zeros(final.bias.shape).at[features:].set(initial_raw_scale(scale_function))
+        raw_bias = jnp.zeros(2 * features).at[features:].set(initial_raw_scale(scale_function))  # (t, a)
+        start_near_identity(self.net.final_layer, raw_bias, rngs)
 
     def transformed(self) -> Array:
         """Boolean (D,) mask of the positions this layer transforms."""

@@ -20,7 +20,7 @@ Array = jax.Array
 
 SCALE_FLOOR = 1e-3
 SCALE_FUNCTIONS = ("softplus", "sigmoid")
-IDENTITY_INIT_SCALE = 1e-3  # last conditioner layer: W ~ U(±1e-3), so the layer starts ≈ affine
+IDENTITY_INIT_SCALE = 1e-3
 
 
 def check_scale_function(name: str, where: str) -> str:
@@ -42,3 +42,15 @@ def initial_raw_scale(function: str = "softplus") -> float:
         return 0.0
     y = 1.0 - SCALE_FLOOR
     return float(y + np.log(-np.expm1(-y)))  # softplus⁻¹(y)
+
+
+def start_near_identity(layer, raw_bias: Array, rngs) -> None:
+    """Re-initialises a conditioner's last ``Linear``: ``W ~ U(±1e-3)``, ``b = raw_bias``.
+
+    The layer's outputs are then ≈ ``raw_bias`` whatever the input: shift 0 and the scale of
+    ``initial_raw_scale``, so the affine layer starts as (nearly) the identity, while every
+    weight upstream still receives a (small) gradient.
+    """
+    s = IDENTITY_INIT_SCALE
+    layer.kernel[...] = jax.random.uniform(rngs.params(), layer.kernel.shape, minval=-s, maxval=s)
+    layer.bias[...] = raw_bias

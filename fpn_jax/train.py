@@ -159,10 +159,11 @@ def fit(
             train_nll = float(train_nll)
             history.train_nll.append(train_nll)
             if not math.isfinite(train_nll):
+                kept = f"epoch {history.best_epoch + 1}" if history.best_epoch >= 0 else "initialisation"
                 raise FloatingPointError(
                     f"fit: the training NLL became {train_nll} in epoch {epoch + 1}; the flow keeps "
-                    f"the parameters of epoch {history.best_epoch + 1}. Lower the learning rate "
-                    "or check the latents for extreme values."
+                    f"its parameters from {kept}. Lower the learning rate or check the latents "
+                    "for NaN or extreme values."
                 )
             if validation is None:
                 best, history.best_epoch = (params, stats), epoch

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from flax import nnx
+
+from fpn_jax.flows.nets import Linear
 
 Array = jax.Array
 
@@ -44,7 +47,7 @@ def initial_raw_scale(function: str = "softplus") -> float:
     return float(y + np.log(-np.expm1(-y)))  # softplus⁻¹(y)
 
 
-def start_near_identity(layer, raw_bias: Array, rngs) -> None:
+def start_near_identity(layer: Linear, raw_bias: Array, rngs: nnx.Rngs) -> None:
     """Re-initialises a conditioner's last ``Linear``: ``W ~ U(±1e-3)``, ``b = raw_bias``.
 
     The layer's outputs are then ≈ ``raw_bias`` whatever the input: shift 0 and the scale of

@@ -105,3 +105,26 @@ def positive_int(value: Any, *, name: str, where: str, allow_zero: bool = False)
 def is_traced(*trees: Any) -> bool:
     """True when any leaf is a JAX tracer, i.e. we run inside jit/vmap/grad."""
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(trees))
+
+
+def frozen(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """A constructor's keyword arguments as a hashable tuple of items.
+
+    Modules keep it as ``hyperparameters`` (a static attribute: it must be hashable so the
+    module's graph definition can be a static jit argument) and expose ``config`` as a dict.
+    """
+    return tuple(config.items())
+
+
+def check_finite(x: Any, *, name: str, where: str) -> None:
+    """Raises ValueError naming the first row of ``x`` with a NaN or infinity (concrete arrays only)."""
+    if is_traced(x):
+        return
+    values = np.asarray(x)
+    bad = ~np.isfinite(values.reshape(values.shape[0], -1)).all(axis=1) if values.size else np.zeros(0, bool)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ValueError(
+            f"{where}: argument `{name}` has NaN or infinite values; first in row {row} of {values.shape[0]} "
+            f"({int(bad.sum())} bad rows)."
+        )

@@ -43,7 +43,7 @@ def test_fit_reaches_true_nll_and_bayes_accuracy(kind):
     history = fit(flow, z, one_hot(y, 3), key=jax.random.key(3), config=config,
                   validation=(z_val, one_hot(y_val, 3)), progress=False)
 
-    assert history.train_nll[-1] < history.train_nll[0]
+    assert history.train_loss[-1] < history.train_loss[0]
     true_ll = true_class_log_likelihoods(z_test)
     true_nll = -float(jnp.mean(true_ll[jnp.arange(3000), y_test]))
     model_nll = -float(jnp.mean(flow.log_prob(z_test, one_hot(y_test, 3))))
@@ -63,8 +63,8 @@ def test_fit_keeps_the_best_epoch_and_moves_only_parameters():
     history = fit(flow, z, one_hot(y, 3), key=jax.random.key(1),
                   config=TrainConfig(max_epochs=4, batch_size=128, patience=None),
                   validation=(z, one_hot(y, 3)), progress=False)
-    assert len(history.val_nll) == 4
-    assert history.best_epoch == int(np.argmin(history.val_nll))
+    assert len(history.val_loss) == 4
+    assert history.best_epoch == int(np.argmin(history.val_loss))
     assert not is_training_mode(flow)
     after = jax.tree.map(jnp.copy, nnx.state(flow, ...))
     moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), before, after)

@@ -76,6 +76,13 @@ class ConditionalFlow(nnx.Module):
             e = _checks.positive_int(embedding_features, name="embedding_features", where=name)
             self.embedding = Linear(self.context_features, e, rngs=rngs)
 
+    hyperparameters: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def config(self) -> dict[str, object]:
+        """The constructor's keyword arguments (what a checkpoint stores to rebuild the flow)."""
+        return dict(self.hyperparameters)
+
     @property
     def conditioner_features(self) -> int:
         """Width of the context that the layers see (after the optional embedding)."""

@@ -14,12 +14,12 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from fpn_jax import _checks
+from fpn_jax import _checks, checkpoint
 from fpn_jax.flows.autoregressive import MaskedAffineAutoregressive
 from fpn_jax.flows.batch_norm import BatchNormBijector
 from fpn_jax.flows.bijector import Chain, Reverse
 from fpn_jax.flows.flow import ConditionalFlow
-from fpn_jax.flows.nets import Activation
+from fpn_jax.flows.nets import Activation, activation_from_name, activation_name
 from fpn_jax.flows.stack import Repeat
 
 
@@ -32,6 +32,7 @@ def check_hyperparameters(where: str, hidden_features, num_layers, num_blocks, d
         raise ValueError(f"{where}: `dropout` must be in [0, 1); got {dropout!r}.")
 
 
+@checkpoint.register("conditional_maf")
 class ConditionalMAF(ConditionalFlow):
     """Conditional MAF: ``num_layers`` × [reverse → masked affine autoregressive → (batch norm)].
 
@@ -64,11 +65,18 @@ class ConditionalMAF(ConditionalFlow):
         batch_norm_between: bool = False,
         dropout: float = 0.0,
         embedding_features: int | None = None,
-        activation: Activation = jax.nn.relu,
+        activation: Activation | str = jax.nn.relu,
         rngs: nnx.Rngs,
     ):
         super().__init__(features, context_features, embedding_features=embedding_features, rngs=rngs)
         check_hyperparameters(type(self).__name__, hidden_features, num_layers, num_blocks, dropout)
+        activation = activation_from_name(activation)
+        self.hyperparameters = _checks.frozen(dict(
+            features=features, context_features=context_features, hidden_features=hidden_features,
+            num_layers=num_layers, num_blocks=num_blocks, batch_norm_within=batch_norm_within,
+            batch_norm_between=batch_norm_between, dropout=dropout, embedding_features=embedding_features,
+            activation=activation_name(activation),
+        ))
 
         def layer(index, rngs):
             made_transform = MaskedAffineAutoregressive(

@@ -32,6 +32,22 @@ Array = jax.Array
 Activation = Callable[[Array], Array]
 
 
+def activation_name(activation: Activation) -> str | Activation:
+    """The name of a ``jax.nn`` activation (what checkpoints store), else the callable itself."""
+    name = getattr(activation, "__name__", None)
+    return name if name and getattr(jax.nn, name, None) is activation else activation
+
+
+def activation_from_name(activation: str | Activation) -> Activation:
+    """Inverse of ``activation_name``: ``"relu"`` → ``jax.nn.relu``; callables pass through."""
+    if callable(activation):
+        return activation
+    found = getattr(jax.nn, str(activation), None)
+    if not callable(found):
+        raise ValueError(f"`activation` must be a jax.nn function or its name; got {activation!r}.")
+    return found
+
+
 def _torch_uniform(scale: float) -> nnx.Initializer:
     def init(key, shape, dtype=jnp.float32):
         return jax.random.uniform(key, shape, dtype, -scale, scale)

@@ -14,15 +14,17 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from fpn_jax import _checks, checkpoint
 from fpn_jax.flows.batch_norm import BatchNormBijector
 from fpn_jax.flows.bijector import Chain
 from fpn_jax.flows.coupling import AffineCoupling
 from fpn_jax.flows.flow import ConditionalFlow
 from fpn_jax.flows.maf import check_hyperparameters
-from fpn_jax.flows.nets import Activation
+from fpn_jax.flows.nets import Activation, activation_from_name, activation_name
 from fpn_jax.flows.stack import Repeat
 
 
+@checkpoint.register("conditional_realnvp")
 class ConditionalRealNVP(ConditionalFlow):
     """Conditional RealNVP: ``num_layers`` × [checkerboard affine coupling → (batch norm)].
 
@@ -46,12 +48,20 @@ class ConditionalRealNVP(ConditionalFlow):
         batch_norm_between: bool = False,
         dropout: float = 0.0,
         embedding_features: int | None = None,
-        activation: Activation = jax.nn.relu,
+        activation: Activation | str = jax.nn.relu,
         scale_function: str = "softplus",
         rngs: nnx.Rngs,
     ):
         super().__init__(features, context_features, embedding_features=embedding_features, rngs=rngs)
         check_hyperparameters(type(self).__name__, hidden_features, num_layers, num_blocks, dropout)
+        activation = activation_from_name(activation)
+        self.hyperparameters = _checks.frozen(dict(
+            features=features, context_features=context_features, hidden_features=hidden_features,
+            num_layers=num_layers, num_blocks=num_blocks, batch_norm_within=batch_norm_within,
+            batch_norm_between=batch_norm_between, dropout=dropout, embedding_features=embedding_features,
+            scale_function=scale_function,
+            activation=activation_name(activation),
+        ))
 
         def layer(index, rngs):
             coupling = AffineCoupling(

@@ -1,0 +1,200 @@
+"""Orbax checkpoints of fpn-jax modules: one folder = the module's state + what it is.
+
+A checkpoint folder holds two orbax items:
+
+* ``state``: every ``nnx.Variable`` of the module (parameters, batch-norm statistics...);
+* ``meta``: JSON ``{"format", "architecture", "config", "extra"}``. ``architecture`` is a
+  name registered with ``register`` and ``config`` the constructor's keyword arguments, so
+  ``load(path)`` rebuilds the module without the caller knowing what it was.
+
+Writes are atomic: orbax writes into a temporary folder and renames it when complete, and
+``save(..., overwrite=True)`` moves the old folder aside only once the new one is whole, so
+a crash at any point leaves a loadable checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+FORMAT = "fpn-jax/1"
+_ARCHITECTURES: dict[str, Callable[..., nnx.Module]] = {}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint (or a file to convert) is missing, corrupt, or for another architecture."""
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Class decorator: ``@register("conv_vae")`` makes ``load`` able to rebuild the class.
+
+    The class must take its configuration as keyword arguments plus ``rngs`` and return
+    them (JSON-able) from ``self.config``.
+    """
+
+    def decorate(cls: type) -> type:
+        if _ARCHITECTURES.get(name, cls) is not cls:
+            raise ValueError(f"register: the architecture name {name!r} is taken by {_ARCHITECTURES[name]}.")
+        _ARCHITECTURES[name] = cls
+        cls.architecture = name
+        return cls
+
+    return decorate
+
+
+def architectures() -> dict[str, Callable[..., nnx.Module]]:
+    """The registered architecture names and their classes."""
+    _import_builtin()
+    return dict(_ARCHITECTURES)
+
+
+def build(architecture: str, config: dict[str, Any], *, rngs: nnx.Rngs) -> nnx.Module:
+    """A fresh module of a registered architecture."""
+    known = architectures()
+    if architecture not in known:
+        raise CheckpointError(f"unknown architecture {architecture!r}; registered: {sorted(known)}.")
+    return known[architecture](**config, rngs=rngs)
+
+
+def save(path: str | os.PathLike, module: nnx.Module, *, extra: dict[str, Any] | None = None,
+         overwrite: bool = False) -> Path:
+    """Writes ``module`` (a registered architecture) to the folder ``path``.
+
+    Args:
+      path: the checkpoint folder (created; its parent too).
+      module: an instance of a class decorated with ``register``.
+      extra: JSON-able notes kept beside it (training history, data set...).
+      overwrite: replace an existing checkpoint (atomically) instead of raising.
+
+    Returns:
+      The absolute path written.
+    """
+    path = Path(path).absolute()
+    name = getattr(type(module), "architecture", None)
+    if name is None:
+        raise TypeError(f"save: {type(module).__name__} is not a registered architecture (see checkpoint.register).")
+    meta = {"format": FORMAT, "architecture": name, "config": module.config, "extra": extra or {}}
+    try:
+        json.dumps(meta)
+    except TypeError as error:
+        raise TypeError(
+            f"save: the configuration of {type(module).__name__} is not JSON-able ({error}); "
+            f"custom callables (such as a non-jax.nn activation) cannot be stored: {module.config}"
+        ) from None
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"save: {path} exists; pass overwrite=True to replace it.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    state = jax.device_get(nnx.to_pure_dict(nnx.state(module)))
+    with _checkpointer() as checkpointer:
+        checkpointer.save(
+            temporary, ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        )
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(path, old)
+        os.replace(temporary, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(temporary, path)
+    return path
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``meta`` item of a checkpoint: architecture, config and extra notes."""
+    path = Path(path)
+    file = path / "meta" / "metadata"
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint folder.")
+    try:
+        meta = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not an fpn-jax checkpoint (no {file.relative_to(path)}).") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{file}: corrupt checkpoint metadata ({error}).") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{file}: unknown checkpoint format {meta.get('format') if isinstance(meta, dict) else meta!r}; expected {FORMAT!r}.")
+    return meta
+
+
+def load(path: str | os.PathLike, *, expect: type | None = None) -> nnx.Module:
+    """Rebuilds the module saved in ``path`` and restores its state.
+
+    Args:
+      path: a folder written by ``save``.
+      expect: optional base class the module must be an instance of.
+
+    Raises:
+      CheckpointError: missing or corrupt files, or stored arrays whose names or shapes do
+        not fit the architecture (listing the offending parameters).
+    """
+    path = Path(path).absolute()
+    meta = read_meta(path)
+    abstract = nnx.eval_shape(lambda: build(meta["architecture"], meta["config"], rngs=nnx.Rngs(0)))
+    if expect is not None and not isinstance(abstract, expect):
+        raise CheckpointError(
+            f"{path}: holds a {meta['architecture']} ({type(abstract).__name__}); expected a {expect.__name__}."
+        )
+    graphdef, abstract_state = nnx.split(abstract)
+    target = nnx.to_pure_dict(abstract_state)
+    _check_shapes(path, target, meta["architecture"])
+    try:
+        with _checkpointer() as checkpointer:
+            restored = checkpointer.restore(
+                path, ocp.args.Composite(state=ocp.args.StandardRestore(target))
+            )
+    except Exception as error:  # orbax/tensorstore raise many types for damaged files
+        raise CheckpointError(f"{path}: could not read the stored arrays ({type(error).__name__}: {error}).") from None
+    nnx.replace_by_pure_dict(abstract_state, restored["state"])
+    return nnx.merge(graphdef, abstract_state)
+
+
+def _check_shapes(path: Path, target: dict, architecture: str) -> None:
+    """Compares the stored array tree with the architecture's before reading any data."""
+    try:
+        with _checkpointer() as checkpointer:
+            stored = checkpointer.metadata(path).item_metadata["state"]
+    except Exception as error:
+        raise CheckpointError(f"{path}: unreadable state metadata ({type(error).__name__}: {error}).") from None
+    if stored is None:
+        raise CheckpointError(f"{path}: the checkpoint has no stored state.")
+    expected = {_key(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(target)}
+    actual = {_key(p): tuple(getattr(v, "shape", ())) for p, v in jax.tree_util.tree_leaves_with_path(stored)}
+    problems = [f"missing: {k} (expected shape {expected[k]})" for k in sorted(expected.keys() - actual.keys())]
+    problems += [f"unexpected: {k} (shape {actual[k]})" for k in sorted(actual.keys() - expected.keys())]
+    problems += [
+        f"shape mismatch: {k}: expected {expected[k]}, got {actual[k]}"
+        for k in sorted(expected.keys() & actual.keys())
+        if expected[k] != actual[k]
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{path}: the stored arrays do not fit architecture {architecture!r}:\n  " + "\n  ".join(problems)
+        )
+
+
+def _checkpointer() -> ocp.Checkpointer:
+    handler = ocp.CompositeCheckpointHandler(
+        state=ocp.StandardCheckpointHandler(), meta=ocp.JsonCheckpointHandler()
+    )
+    return ocp.Checkpointer(handler)
+
+
+def _key(path: tuple) -> str:
+    return ".".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+
+
+def _import_builtin() -> None:
+    """Registers fpn-jax's own architectures (importing their modules runs ``register``)."""
+    import fpn_jax.autoencoders  # noqa: F401
+    import fpn_jax.flows  # noqa: F401
+

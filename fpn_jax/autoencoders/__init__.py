@@ -1,0 +1,81 @@
+"""Frozen base models: the paper's autoencoders in Flax, by name or from a checkpoint.
+
+    model = fpn_jax.autoencoders.load("conv_vae")        # trained copy in the model cache
+    model = fpn_jax.autoencoders.load("runs/x/conv_ae")  # or any checkpoint folder
+    z = fpn_jax.latents.encode(model, images)
+
+New base models plug in with ``@fpn_jax.checkpoint.register("name")`` on an ``Autoencoder``
+subclass (MSP for CelebA and PointFlow's encoder for ShapeNet will).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from flax import nnx
+
+from fpn_jax import checkpoint
+from fpn_jax.autoencoders.base import Autoencoder, check_data
+from fpn_jax.autoencoders.conv import ConvAE, ConvVAE
+
+checkpoint.register("conv_vae")(ConvVAE)
+checkpoint.register("conv_ae")(ConvAE)
+
+__all__ = ["Autoencoder", "ConvAE", "ConvVAE", "available", "cache_dir", "check_data", "create", "freeze", "load"]
+
+
+def available() -> list[str]:
+    """Names of the registered base-model architectures."""
+    return sorted(n for n, c in checkpoint.architectures().items() if issubclass(c, Autoencoder))
+
+
+def cache_dir() -> Path:
+    """Where trained base models are kept by name: ``$FPN_JAX_HOME/models`` (default ~/.cache/fpn_jax)."""
+    return Path(os.environ.get("FPN_JAX_HOME", Path.home() / ".cache" / "fpn_jax")) / "models"
+
+
+def create(name: str, *, seed: int = 0, **config) -> Autoencoder:
+    """A freshly initialised (untrained) base model of a registered architecture."""
+    if name not in available():
+        raise ValueError(f"create: unknown base model {name!r}; available: {available()}.")
+    return checkpoint.build(name, config, rngs=nnx.Rngs(seed))
+
+
+def freeze(model: Autoencoder) -> Autoencoder:
+    """Puts ``model`` in eval mode (running batch-norm statistics) and returns it."""
+    model.eval()
+    return model
+
+
+def load(name_or_path: str | os.PathLike) -> Autoencoder:
+    """A frozen base model, from a checkpoint folder or by name from the model cache.
+
+    Arrays land on JAX's default backend (CPU, GPU or TPU).
+
+    Args:
+      name_or_path: a checkpoint folder (written by ``fpn_jax.checkpoint.save`` or
+        ``python -m fpn_jax.convert``), a training folder (its ``best/`` is read), or a
+        registered name such as ``"conv_vae"``, looked up as ``cache_dir() / name``.
+
+    Raises:
+      FileNotFoundError: a name with no trained copy in the cache (the message says how to make one).
+      fpn_jax.checkpoint.CheckpointError: a folder that is not a valid base-model checkpoint.
+    """
+    path = Path(name_or_path)
+    if not path.exists() and str(name_or_path) in available():
+        path = cache_dir() / str(name_or_path)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"load: no trained {name_or_path!r} in the model cache ({path}). Train one with "
+                f"`python experiments/mnist.py` (it caches its base models there) or "
+                f"fpn_jax.autoencoders.training.train(...), or convert a PyTorch checkpoint with "
+                f"`python -m fpn_jax.convert autoencoder {name_or_path} MODEL.pt {path}`."
+            )
+    elif not path.exists():
+        raise FileNotFoundError(
+            f"load: {str(name_or_path)!r} is neither a checkpoint folder nor a base-model name {available()}."
+        )
+    if not (path / "meta").exists() and (path / "best" / "meta").exists():
+        path = path / "best"  # a training folder: its best epoch
+    return freeze(checkpoint.load(path, expect=Autoencoder))

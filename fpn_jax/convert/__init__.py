@@ -1,0 +1,1 @@
+"""Conversion of PyTorch checkpoints (the original FPN code) into fpn-jax models."""

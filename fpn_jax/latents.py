@@ -1,0 +1,72 @@
+"""Latents of a frozen base model: encode a data set once, decode latents back to data.
+
+    z = E(x)   (N, *data_shape) → (N, latent)      ``encode``
+    x = D(z)   (N, latent) → (N, *data_shape)      ``decode``
+
+Both run the model in eval mode under ``stop_gradient`` (the base model is frozen: nothing
+downstream can train it), jit-compiled once per model and chunk size, in fixed-size chunks
+so memory stays bounded whatever N is.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from fpn_jax import _checks
+from fpn_jax._batching import map_in_chunks
+from fpn_jax.autoencoders.base import Autoencoder, check_data
+
+Array = jax.Array
+
+
+def _require_frozen(model: Autoencoder, where: str) -> None:
+    if any(getattr(m, "use_running_average", True) is False for _, m in nnx.iter_graph(model)):
+        raise RuntimeError(f"{where}: the base model is in training mode; freeze it first (fpn_jax.autoencoders.freeze).")
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode(graphdef: nnx.GraphDef, state: nnx.State, x: Array, key: Array | None) -> Array:
+    return jax.lax.stop_gradient(nnx.merge(graphdef, state).encode(x, key=key))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _decode(graphdef: nnx.GraphDef, state: nnx.State, z: Array) -> Array:
+    return jax.lax.stop_gradient(nnx.merge(graphdef, state).decode(z))
+
+
+def encode(model: Autoencoder, x: Array, *, key: Array | None = None, batch_size: int = 2048) -> np.ndarray:
+    """z = E(x) for a whole data set, (N, latent_features) float32 on the host.
+
+    Args:
+      model: a frozen base model.
+      x: (N, *model.data_shape) floats in [0, 1].
+      key: sample z ~ q(z | x) where the model has a posterior (the VAE); default its mean.
+      batch_size: examples per compiled call.
+    """
+    where = "fpn_jax.latents.encode"
+    _require_frozen(model, where)
+    x = check_data(x, model.data_shape, name="x", where=where)
+    graphdef, state = nnx.split(model)
+    if key is None:
+        return np.asarray(map_in_chunks(lambda c: _encode(graphdef, state, c, None), x, batch_size=batch_size))
+    key = _checks.check_key(key, where=where)
+    keys = jax.random.split(key, x.shape[0])  # one key per example: results do not depend on batch_size
+    return np.asarray(map_in_chunks(
+        lambda c, k: jax.vmap(lambda xi, ki: _encode(graphdef, state, xi[None], ki)[0])(c, k),
+        x, keys, batch_size=batch_size,
+    ))
+
+
+def decode(model: Autoencoder, z: Array, *, batch_size: int = 2048) -> np.ndarray:
+    """x = D(z) for many latents, (N, *data_shape) float32 on the host."""
+    where = "fpn_jax.latents.decode"
+    _require_frozen(model, where)
+    z = _checks.as_float_matrix(z, name="z", width=model.latent_features, where=where, width_name="latent_features")
+    _checks.check_finite(z, name="z", where=where)
+    graphdef, state = nnx.split(model)
+    return np.asarray(map_in_chunks(lambda c: _decode(graphdef, state, c), z, batch_size=batch_size))

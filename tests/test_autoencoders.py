@@ -1,0 +1,201 @@
+"""The MNIST base models: architecture, maths of the losses, training, checkpoints, freezing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from fpn_jax import autoencoders, checkpoint, latents
+from fpn_jax.autoencoders import training
+from fpn_jax.autoencoders.conv import ConvTranspose
+from fpn_jax.loop import TrainConfig
+
+
+def _images(n: int, seed: int = 0) -> np.ndarray:
+    """Blurry random blobs in [0, 1], (n, 28, 28, 1): structured enough to learn a little."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:28, :28]
+    centres = rng.uniform(6, 22, size=(n, 2, 1, 1))
+    blobs = np.exp(-((yy - centres[:, 0]) ** 2 + (xx - centres[:, 1]) ** 2) / 18.0)
+    return blobs[..., None].astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["conv_vae", "conv_ae"])
+def test_shapes_follow_the_paper(name):
+    model = autoencoders.create(name)
+    x = jnp.asarray(_images(3))
+    h = model.enc.norm_1(model.enc.conv_1(x))
+    assert h.shape == (3, 13, 13, 16)
+    assert model.enc(x).shape == (3, 64)
+    z = model.encode(x)
+    assert z.shape == (3, 40)
+    zz = z.reshape(3, 1, 1, 40)
+    sizes = []
+    for i in range(1, 5):
+        zz = getattr(model.dec, f"deconv_{i}")(zz)
+        sizes.append(zz.shape[1:])
+    assert sizes == [(3, 3, 256), (6, 6, 128), (13, 13, 64), (28, 28, 1)]
+    out = model.decode(z)
+    assert out.shape == (3, 28, 28, 1) and float(out.min()) >= 0 and float(out.max()) <= 1
+
+
+@pytest.mark.parametrize("k,s,h", [(3, 2, 1), (4, 1, 3), (3, 2, 6), (4, 2, 13)])
+def test_conv_transpose_is_the_scatter_of_the_kernel(k, s, h):
+    layer = ConvTranspose(3, 5, k, s, rngs=nnx.Rngs(0))
+    layer.bias[...] = jnp.arange(5.0)
+    x = jax.random.normal(jax.random.key(1), (2, h, h, 3))
+    y = layer(x)
+    # Reference: y[s i + a, s j + b] += x[i, j] @ W[a, b], by explicit loops.
+    ref = np.zeros(((h - 1) * s + k,) * 2 + (5,))
+    ref = np.broadcast_to(ref, (2, *ref.shape)).copy()
+    w, xn = np.asarray(layer.kernel[...]), np.asarray(x)
+    for i in range(h):
+        for j in range(h):
+            for a in range(k):
+                for b in range(k):
+                    ref[:, s * i + a, s * j + b] += xn[:, i, j] @ w[a, b]
+    np.testing.assert_allclose(np.asarray(y), ref + np.arange(5.0), atol=1e-5)
+
+
+def test_vae_loss_is_bce_plus_kl():
+    model = autoencoders.create("conv_vae")
+    x = jnp.asarray(_images(4))
+    key = jax.random.key(3)
+    loss, parts = model.loss(x, key)
+    mu, logvar = model.posterior(x)
+    kl = distrax.MultivariateNormalDiag(mu, jnp.exp(0.5 * logvar)).kl_divergence(
+        distrax.MultivariateNormalDiag(jnp.zeros_like(mu), jnp.ones_like(mu))
+    )
+    np.testing.assert_allclose(parts["kl"], kl, rtol=1e-4)
+    z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape)
+    p = model.decode(z)
+    bce = -jnp.sum(x * jnp.log(p) + (1 - x) * jnp.log1p(-p), axis=(1, 2, 3))
+    np.testing.assert_allclose(parts["bce"], bce, rtol=1e-4)
+    np.testing.assert_allclose(loss, bce + kl, rtol=1e-4)
+
+
+def test_vae_encode_mean_or_sample():
+    model = autoencoders.freeze(autoencoders.create("conv_vae"))
+    x = jnp.asarray(_images(5))
+    mean = model.encode(x)
+    np.testing.assert_allclose(mean, model.posterior(x)[0])
+    a, b = model.encode(x, key=jax.random.key(0)), model.encode(x, key=jax.random.key(0))
+    np.testing.assert_array_equal(a, b)
+    assert float(jnp.max(jnp.abs(a - mean))) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((2, 28, 28)), "shape"),
+        (np.zeros((2, 28, 28, 1), np.uint8), "dtype"),
+        (np.full((2, 28, 28, 1), 2.0, np.float32), "row 0"),
+        (np.where(np.arange(2)[:, None, None, None] == 1, np.nan, 0.5).astype(np.float32) * np.ones((2, 28, 28, 1), np.float32), "row 1"),
+    ],
+)
+def test_bad_images_are_named(bad, message):
+    model = autoencoders.create("conv_ae")
+    with pytest.raises(ValueError, match=message) as info:
+        model.encode(bad)
+    assert "`x`" in str(info.value)
+
+
+def test_latents_need_a_frozen_model_and_do_not_depend_on_chunking():
+    model = autoencoders.create("conv_ae")
+    x = _images(10)
+    with pytest.raises(RuntimeError, match="training mode"):
+        latents.encode(model, x)
+    autoencoders.freeze(model)
+    z = latents.encode(model, x, batch_size=4)
+    np.testing.assert_allclose(z, latents.encode(model, x, batch_size=10), atol=1e-6)
+    np.testing.assert_allclose(latents.decode(model, z, batch_size=3), np.asarray(model.decode(z)), atol=1e-6)
+    with pytest.raises(ValueError, match="row 2"):
+        latents.decode(model, np.where(np.arange(10)[:, None] == 2, np.inf, z))
+
+
+def test_frozen_base_gets_no_gradient():
+    model = autoencoders.freeze(autoencoders.create("conv_ae"))
+    graphdef, state = nnx.split(model)
+    x = jnp.asarray(_images(3))
+
+    def f(state):
+        return jnp.sum(latents._encode(graphdef, state, x, None) ** 2)
+
+    grads = jax.grad(f)(state)
+    assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree.leaves(grads))
+
+
+def test_training_improves_and_checkpoint_reloads_in_a_new_process(tmp_path):
+    model = autoencoders.create("conv_ae")
+    x, x_val = _images(256, 0), _images(64, 1)
+    config = TrainConfig(learning_rate=5e-3, batch_size=64, max_epochs=3, patience=None)
+    history = training.train(model, x, key=jax.random.key(0), config=config, validation=x_val,
+                             checkpoint_dir=tmp_path / "run", progress=False)
+    assert history.val_loss[-1] < history.val_loss[0]
+    assert history.best_epoch == int(np.argmin(history.val_loss))
+    reloaded = autoencoders.load(tmp_path / "run" / "best")
+    probe = _images(8, 2)
+    expected = np.asarray(model.decode(model.encode(probe)))
+    np.testing.assert_array_equal(np.asarray(reloaded.decode(reloaded.encode(probe))), expected)
+    np.save(tmp_path / "probe.npy", probe)
+    code = textwrap.dedent(f"""
+        import numpy as np
+        from fpn_jax import autoencoders
+        m = autoencoders.load({str(tmp_path / "run" / "best")!r})
+        x = np.load({str(tmp_path / "probe.npy")!r})
+        np.save({str(tmp_path / "out.npy")!r}, np.asarray(m.decode(m.encode(x))))
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
+
+
+def test_resume_continues_the_same_run(tmp_path):
+    x = _images(128, 0)
+    config = dict(learning_rate=5e-3, batch_size=32, patience=None)
+    straight = autoencoders.create("conv_ae")
+    training.train(straight, x, key=jax.random.key(1), config=TrainConfig(max_epochs=3, **config), progress=False)
+    resumed = autoencoders.create("conv_ae")
+    training.train(resumed, x, key=jax.random.key(1), config=TrainConfig(max_epochs=2, **config),
+                   checkpoint_dir=tmp_path, progress=False)
+    again = autoencoders.create("conv_ae")  # a new process would start from scratch like this
+    history = training.train(again, x, key=jax.random.key(1), config=TrainConfig(max_epochs=3, **config),
+                             checkpoint_dir=tmp_path, progress=False)
+    assert len(history.train_loss) == 3
+    for a, b in zip(jax.tree.leaves(nnx.state(straight)), jax.tree.leaves(nnx.state(again)), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="other settings"):
+        training.train(autoencoders.create("conv_ae"), x, key=jax.random.key(1),
+                       config=TrainConfig(max_epochs=3, learning_rate=1e-3, batch_size=32),
+                       checkpoint_dir=tmp_path, progress=False)
+
+
+def test_load_by_name_uses_the_model_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FPN_JAX_HOME", str(tmp_path))
+    assert {"conv_vae", "conv_ae"} <= set(autoencoders.available())
+    with pytest.raises(FileNotFoundError, match="experiments/mnist.py"):
+        autoencoders.load("conv_vae")
+    model = autoencoders.freeze(autoencoders.create("conv_vae", seed=4))
+    checkpoint.save(autoencoders.cache_dir() / "conv_vae", model)
+    loaded = autoencoders.load("conv_vae")
+    x = _images(2)
+    np.testing.assert_array_equal(np.asarray(loaded.encode(x)), np.asarray(model.encode(x)))
+    with pytest.raises(FileNotFoundError, match="neither"):
+        autoencoders.load(tmp_path / "nowhere")
+
+
+def test_damaged_checkpoints_are_named(tmp_path):
+    model = autoencoders.freeze(autoencoders.create("conv_ae"))
+    path = checkpoint.save(tmp_path / "ae", model)
+    (path / "meta" / "metadata").write_text("{not json")
+    with pytest.raises(checkpoint.CheckpointError, match="metadata"):
+        autoencoders.load(path)
+    with pytest.raises(checkpoint.CheckpointError, match="not an fpn-jax checkpoint"):
+        autoencoders.load(tmp_path)

@@ -2,8 +2,14 @@
 
 A frozen autoencoder's latents ``z = E(x)`` get a conditional normalizing flow ``p(z | y)``;
 sampling, Bayes-rule classification and attribute manipulation then happen in latent space.
+
+Data flows one way through the subpackages::
+
+    data → autoencoders (frozen base models) → latents → flows / train → inference → latents.decode
+    (checkpoint: orbax save/load of any of the models; convert: PyTorch checkpoints → these)
 """
 
+from fpn_jax import autoencoders, checkpoint, data, latents
 from fpn_jax.context import one_hot
 from fpn_jax.flows import ConditionalFlow, ConditionalMAF, ConditionalRealNVP
 from fpn_jax.inference import class_log_likelihoods, classify, manipulate

@@ -113,7 +113,7 @@ def frozen(config: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
     Modules keep it as ``hyperparameters`` (a static attribute: it must be hashable so the
     module's graph definition can be a static jit argument) and expose ``config`` as a dict.
     """
-    return tuple(config.items())
+    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items())
 
 
 def check_finite(x: Any, *, name: str, where: str) -> None:

@@ -197,4 +197,5 @@ def _import_builtin() -> None:
     """Registers fpn-jax's own architectures (importing their modules runs ``register``)."""
     import fpn_jax.autoencoders  # noqa: F401
     import fpn_jax.flows  # noqa: F401
+    import fpn_jax.judge  # noqa: F401
 

@@ -1,0 +1,1 @@
+"""The paper's experiments as library code (``experiments/*.py`` are thin command lines)."""

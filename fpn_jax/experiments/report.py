@@ -1,0 +1,86 @@
+"""``report.md`` of an MNIST run: tables next to the paper's numbers, figures inline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+BASE_NAMES = {"conv_vae": "ConvVAE", "conv_ae": "ConvAE"}
+PLUGIN_NAMES = {"maf": "C-MAF", "rnvp": "C-RealNVP"}
+BASELINE_NAMES = {"logistic_regression": "logistic regression", "linear_svm": "linear SVM", "rbf_svm": "RBF SVM"}
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def headline_table(metrics: dict[str, Any]) -> str:
+    """Test accuracy by Bayes' rule for every base × plugin, beside the paper's number."""
+    rows = []
+    for base, plugins in metrics["results"].items():
+        for plugin, r in plugins.items():
+            rows.append([BASE_NAMES[base], PLUGIN_NAMES[plugin], r["test_accuracy"], r["test_accuracy_prior"],
+                         r["train_accuracy"], metrics["paper"].get(plugin, "–"), r["generation_accuracy"],
+                         r["test_nll"]])
+    return _table(["base", "plugin", "test acc. (uniform prior)", "test acc. (class prior)", "train acc.",
+                   "paper test acc.", "generation acc. (judge)", "test NLL (nats)"], rows)
+
+
+def write_mnist_report(out: Path, metrics: dict[str, Any]) -> Path:
+    """Writes ``out/report.md`` from the metrics of ``fpn_jax.experiments.mnist.run``."""
+    config = metrics["config"]
+    sections = [
+        "# Flow Plugin Networks on MNIST",
+        f"Run folder `{out}`; data: {metrics['data']['train']} train / {metrics['data']['validation']} validation "
+        f"/ {metrics['data']['test']} test images{' (quick subset)' if config['quick'] else ''}; seed {config['seed']}; "
+        f"JAX {metrics['environment']['jax']} on {metrics['environment']['backend']}. "
+        "Early stopping and model selection use the validation split only; the test set is evaluated once.",
+        "## Classification by Bayes' rule",
+        "`argmax_y log p(z | y) + log p(y)` with a uniform prior and with the training set's class frequencies.",
+        headline_table(metrics),
+    ]
+    baseline_rows = []
+    for base, results in metrics["baselines"].items():
+        for name, r in results.items():
+            paper = metrics["paper"].get(name, "–")
+            baseline_rows.append([BASE_NAMES[base], BASELINE_NAMES.get(name, name), r["test_accuracy"],
+                                  r["train_accuracy"], paper, _params(r["params"]), r["n_train"]])
+    sections += [
+        "## Baselines on the same latents",
+        "Standardised latents; fixed hyper-parameters unless the run used `--grid-search` "
+        f"(this run: {'yes' if config['grid_search'] else 'no'}).",
+        _table(["base", "classifier", "test acc.", "train acc.", "paper test acc.", "hyper-parameters", "training rows"],
+               baseline_rows),
+        "## Conditional generation",
+        f"{config['samples_per_class']} samples per class are decoded and classified by an independent CNN "
+        f"trained on the MNIST training images (its own test accuracy: "
+        f"{metrics['judge']['test_accuracy']:.4f}). Generation accuracy = how often it agrees with the class "
+        "the sample was drawn for.",
+        "![generation accuracy per class](generation_accuracy.png)",
+    ]
+    for base, plugins in metrics["results"].items():
+        for plugin in plugins:
+            sections.append(f"**{BASE_NAMES[base]} + {PLUGIN_NAMES[plugin]}** (rows: classes 0–9)\n\n"
+                            f"![samples](samples_{base}_{plugin}.png)")
+    base_rows = [[BASE_NAMES[base], "cached" if info.get("cached") else "trained in this run",
+                  info.get("epochs", "–"), info.get("val_loss", "–")] for base, info in metrics["base_models"].items()]
+    sections += ["## Base models", _table(["base", "status", "epochs", "best validation loss"], base_rows)]
+    sections += [f"![reconstructions](reconstructions_{base}.png)\n\n![unconditional](unconditional_{base}.png)"
+                 for base in metrics["base_models"]]
+    sections += ["## Latent space", "t-SNE of test latents and plugin samples, fitted jointly so the panels share axes."]
+    sections += [f"![embedding](embedding_{base}.png)" for base in metrics["results"]]
+    sections += ["## Plugin training", "![training curves](training_curves.png)",
+                 "## Wall time (seconds)",
+                 _table(["stage", "seconds"], [[k, v] for k, v in metrics["timings"].items()])]
+    path = Path(out) / "report.md"
+    path.write_text("\n\n".join(sections) + "\n")
+    return path
+
+
+def _params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())

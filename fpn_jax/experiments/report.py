@@ -60,7 +60,10 @@ def write_mnist_report(out: Path, metrics: dict[str, Any]) -> Path:
         f"{config['samples_per_class']} samples per class are decoded and classified by an independent CNN "
         f"trained on the MNIST training images (its own test accuracy: "
         f"{metrics['judge']['test_accuracy']:.4f}). Generation accuracy = how often it agrees with the class "
-        "the sample was drawn for.",
+        "the sample was drawn for. Samples that overflowed to a non-finite latent count as wrong: "
+        + ", ".join(f"{BASE_NAMES[b]} + {PLUGIN_NAMES[p]}: {r.get('non_finite_samples', 0)}"
+                    for b, ps in metrics["results"].items() for p, r in ps.items())
+        + f" of {10 * config['samples_per_class']}.",
         "![generation accuracy per class](generation_accuracy.png)",
     ]
     for base, plugins in metrics["results"].items():

@@ -137,7 +137,8 @@ def base_model(name: str, data: Dataset, config: Config) -> tuple[autoencoders.A
     folder = config.model_cache / name
     if (folder / "best").exists() and not (folder / "resume").exists():
         model = autoencoders.load(folder)
-        return model, {"cached": True, **checkpoint.read_meta(folder / "best")["extra"]}
+        extra = checkpoint.read_meta(folder / "best")["extra"]
+        return model, {"cached": True, "best_epoch": extra["epoch"], "val_loss": extra["val_loss"]}
     rate = dict(config.base_learning_rates)[name]
     model = autoencoders.create(name, seed=config.seed)
     quick = dict(max_epochs=3, batch_size=128) if config.quick else dict(max_epochs=config.base_epochs)
@@ -278,7 +279,7 @@ def run(config: Config) -> dict[str, Any]:
             _write(out, metrics_json)  # nothing lost if a later stage fails
         with timer(f"{base}/embedding"):
             plots.embedding_2d(embed_sets, embed_labels, out / f"embedding_{base}.png", seed=config.seed,
-                               max_points=500 if config.quick else 2000,
+                               max_points=500 if config.quick else 1000,
                                title=f"{BASE_NAMES[base]} latents and plugin samples (t-SNE)")
     plots.training_curves(histories, out / "training_curves.png", title="Plugin training (NLL per latent)")
     plots.per_class_bars(per_class_generation, out / "generation_accuracy.png", ylabel="judge accuracy",

@@ -56,6 +56,7 @@ def write_mnist_report(out: Path, metrics: dict[str, Any]) -> Path:
         f"(this run: {'yes' if config['grid_search'] else 'no'}).",
         _table(["base", "classifier", "test acc.", "train acc.", "paper test acc.", "hyper-parameters", "training rows"],
                baseline_rows),
+        "Training accuracy of the baselines is measured on at most 10,000 of their training rows.",
         "## Conditional generation",
         f"{config['samples_per_class']} samples per class are decoded and classified by an independent CNN "
         f"trained on the MNIST training images (its own test accuracy: "
@@ -70,9 +71,10 @@ def write_mnist_report(out: Path, metrics: dict[str, Any]) -> Path:
         for plugin in plugins:
             sections.append(f"**{BASE_NAMES[base]} + {PLUGIN_NAMES[plugin]}** (rows: classes 0–9)\n\n"
                             f"![samples](samples_{base}_{plugin}.png)")
-    base_rows = [[BASE_NAMES[base], "cached" if info.get("cached") else "trained in this run",
-                  info.get("epochs", "–"), info.get("val_loss", "–")] for base, info in metrics["base_models"].items()]
-    sections += ["## Base models", _table(["base", "status", "epochs", "best validation loss"], base_rows)]
+    base_rows = [[BASE_NAMES[base], "cached" if info["cached"] else f"trained in this run ({info['epochs']} epochs)",
+                  info["best_epoch"] + 1, info["val_loss"]] for base, info in metrics["base_models"].items()]
+    sections += ["## Base models", "Validation loss: summed BCE + KL per image (ConvVAE), MSE per pixel (ConvAE).",
+                 _table(["base", "status", "best epoch", "best validation loss"], base_rows)]
     sections += [f"![reconstructions](reconstructions_{base}.png)\n\n![unconditional](unconditional_{base}.png)"
                  for base in metrics["base_models"]]
     sections += ["## Latent space", "t-SNE of test latents and plugin samples, fitted jointly so the panels share axes."]

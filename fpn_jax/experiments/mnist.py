@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -94,10 +95,10 @@ class Config:
         return Path(self.out) / "cache" if self.quick else autoencoders.cache_dir()
 
 
-def plugin_settings(base: str, plugin: str) -> dict[str, Any]:
-    """The paper's plugin hyper-parameters: 5 layers × 2 blocks; hidden 40 on the VAE,
-    hidden 100 with batch norm (within the conditioner and between layers) on the AE."""
-    del plugin
+def plugin_settings(base: str) -> dict[str, Any]:
+    """The paper's plugin hyper-parameters (C-MAF and C-RealNVP alike): 5 layers × 2 blocks;
+    hidden 40 on the VAE, hidden 100 with batch norm (within the conditioner and between
+    layers) on the AE."""
     if base == "conv_vae":
         return dict(hidden_features=40, num_layers=5, num_blocks=2)
     return dict(hidden_features=100, num_layers=5, num_blocks=2, batch_norm_within=True, batch_norm_between=True)
@@ -181,7 +182,7 @@ def encode_splits(model: autoencoders.Autoencoder, data: Dataset, config: Config
 
 def make_plugin(base: str, plugin: str, latent_features: int, seed: int) -> ConditionalMAF | ConditionalRealNVP:
     cls = ConditionalMAF if plugin == "maf" else ConditionalRealNVP
-    return cls(latent_features, NUM_CLASSES, **plugin_settings(base, plugin), rngs=nnx.Rngs(seed))
+    return cls(latent_features, NUM_CLASSES, **plugin_settings(base), rngs=nnx.Rngs(seed))
 
 
 def evaluate_plugin(
@@ -315,8 +316,6 @@ def _display(tag: str) -> str:
 
 
 def _drop_resume_state(folder: Path) -> None:
-    import shutil
-
     shutil.rmtree(folder / "resume", ignore_errors=True)
 
 

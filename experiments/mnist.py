@@ -26,7 +26,7 @@ def parse(argv: list[str] | None = None) -> mnist.Config:
     p.add_argument("--quick", action="store_true", help="small subset, short training: checks the pipeline")
     p.add_argument("--cache-dir", help="where trained base models and the judge are kept")
     p.add_argument("--base-epochs", type=int, default=mnist.Config.base_epochs)
-    p.add_argument("--plugin-epochs", type=int, default=mnist.Config.plugin_epochs)
+    p.add_argument("--plugin-epochs", type=int, help=f"default {mnist.Config.plugin_epochs}, or 15 with --quick")
     p.add_argument("--vae-sample-latents", action="store_true", help="encode z ~ q(z|x) (the original code) not the mean")
     p.add_argument("--grid-search", action="store_true", help="the paper's 5-fold grid search for the baselines")
     a = p.parse_args(argv)
@@ -34,7 +34,7 @@ def parse(argv: list[str] | None = None) -> mnist.Config:
         data_dir=a.data_dir, out=a.out or ("runs/mnist-quick" if a.quick else "runs/mnist"),
         bases=(a.base,) if a.base else mnist.BASES, plugins=(a.plugin,) if a.plugin else mnist.PLUGINS,
         seed=a.seed, quick=a.quick, cache_dir=a.cache_dir, base_epochs=a.base_epochs,
-        plugin_epochs=a.plugin_epochs if not a.quick or a.plugin_epochs != mnist.Config.plugin_epochs else 15, vae_sample_latents=a.vae_sample_latents, grid_search=a.grid_search,
+        plugin_epochs=a.plugin_epochs or (15 if a.quick else mnist.Config.plugin_epochs), vae_sample_latents=a.vae_sample_latents, grid_search=a.grid_search,
         samples_per_class=100 if a.quick else 1000,
     )
 

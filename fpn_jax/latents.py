@@ -19,18 +19,26 @@ from flax import nnx
 from fpn_jax import _checks
 from fpn_jax._batching import map_in_chunks
 from fpn_jax.autoencoders.base import Autoencoder, check_data
+from fpn_jax.flows.stack import is_training
 
 Array = jax.Array
 
 
 def _require_frozen(model: Autoencoder, where: str) -> None:
-    if any(getattr(m, "use_running_average", True) is False for _, m in nnx.iter_graph(model)):
+    if is_training(model):
         raise RuntimeError(f"{where}: the base model is in training mode; freeze it first (fpn_jax.autoencoders.freeze).")
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _encode(graphdef: nnx.GraphDef, state: nnx.State, x: Array, key: Array | None) -> Array:
     return jax.lax.stop_gradient(nnx.merge(graphdef, state).encode(x, key=key))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_sampled(graphdef: nnx.GraphDef, state: nnx.State, x: Array, keys: Array) -> Array:
+    """One posterior sample per example, example n drawn with ``keys[n]``."""
+    model = nnx.merge(graphdef, state)
+    return jax.lax.stop_gradient(jax.vmap(lambda xi, ki: model.encode(xi[None], key=ki)[0])(x, keys))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -56,8 +64,7 @@ def encode(model: Autoencoder, x: Array, *, key: Array | None = None, batch_size
     key = _checks.check_key(key, where=where)
     keys = jax.random.split(key, x.shape[0])  # one key per example: results do not depend on batch_size
     return np.asarray(map_in_chunks(
-        lambda c, k: jax.vmap(lambda xi, ki: _encode(graphdef, state, xi[None], ki)[0])(c, k),
-        x, keys, batch_size=batch_size,
+        lambda c, k: _encode_sampled(graphdef, state, c, k), x, keys, batch_size=batch_size
     ))
 
 

@@ -199,3 +199,14 @@ def test_damaged_checkpoints_are_named(tmp_path):
         autoencoders.load(path)
     with pytest.raises(checkpoint.CheckpointError, match="not an fpn-jax checkpoint"):
         autoencoders.load(tmp_path)
+
+
+def test_sampled_latents_use_one_key_per_example_whatever_the_chunking():
+    model = autoencoders.freeze(autoencoders.create("conv_vae"))
+    x = _images(7)
+    key = jax.random.key(5)
+    z = latents.encode(model, x, key=key, batch_size=3)
+    np.testing.assert_allclose(z, latents.encode(model, x, key=key, batch_size=7), atol=1e-6)
+    keys = jax.random.split(key, 7)
+    np.testing.assert_allclose(z[4], np.asarray(model.encode(x[4:5], key=keys[4]))[0], atol=1e-5)
+    assert np.abs(z - latents.encode(model, x)).max() > 1e-2

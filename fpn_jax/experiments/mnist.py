@@ -34,6 +34,7 @@ from fpn_jax.autoencoders import training
 from fpn_jax.context import one_hot
 from fpn_jax.data import Dataset, load_mnist, subset
 from fpn_jax.experiments import report
+from fpn_jax.experiments.report import BASE_NAMES, PLUGIN_NAMES
 from fpn_jax.flows import ConditionalMAF, ConditionalRealNVP
 from fpn_jax.inference import class_log_likelihoods
 from fpn_jax.loop import TrainConfig
@@ -41,8 +42,6 @@ from fpn_jax.train import fit
 
 BASES = ("conv_vae", "conv_ae")
 PLUGINS = ("maf", "rnvp")
-PLUGIN_NAMES = {"maf": "C-MAF", "rnvp": "C-RealNVP"}
-BASE_NAMES = {"conv_vae": "ConvVAE", "conv_ae": "ConvAE"}
 PAPER = {"maf": 0.9677, "rnvp": 0.9616, "rbf_svm": 0.9603}
 NUM_CLASSES = 10
 
@@ -215,7 +214,8 @@ def evaluate_plugin(
     result["generation_accuracy_per_class"] = [round(float(a), 4) for a in per_class]
     result["non_finite_samples"] = int((~finite).sum())
     first = np.concatenate([np.flatnonzero(finite & (labels == k))[:10] for k in range(NUM_CLASSES)])
-    grid = latents.decode(base_model_, samples[first]).reshape(NUM_CLASSES, 10, *images.shape[1:])
+    row_in_images = np.cumsum(finite) - 1  # images holds the finite samples only, in order
+    grid = images[row_in_images[first]].reshape(NUM_CLASSES, 10, *images.shape[1:])
     from fpn_jax import plots
 
     plots.image_grid(grid, out / f"samples_{tag}.png", row_labels=[str(k) for k in range(NUM_CLASSES)],

@@ -120,7 +120,9 @@ def classify(
     log_lik = class_log_likelihoods(flow, z, batch_size=batch_size)
     if log_prior is not None:
         log_lik = log_lik + log_prior
-    log_posterior = log_lik - jax.nn.logsumexp(log_lik, axis=1, keepdims=True)
+    # log_softmax shifts by the row's maximum first: with log-likelihoods ~ -1e38 (extreme
+    # latents) ``log_lik - logsumexp(log_lik)`` loses the log K and the posterior sums to K.
+    log_posterior = jax.nn.log_softmax(log_lik, axis=1)
     return jnp.argmax(log_posterior, axis=1).astype(jnp.int32), log_posterior
 
 

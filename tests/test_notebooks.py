@@ -8,6 +8,7 @@ test's temporary folder. A cell that raises fails the test.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import time
@@ -58,23 +59,50 @@ def _outputs(notebook: nbformat.NotebookNode) -> tuple[str, int]:
     return "\n".join(text), images
 
 
-@pytest.mark.skipif(not HAVE_MNIST, reason=f"no MNIST IDX files in {MNIST}")
-@pytest.mark.parametrize("name", NAMES)
-def test_notebook_executes_top_to_bottom(name, tmp_path, monkeypatch):
-    home, out = tmp_path / "fpn_jax_home", tmp_path / "out"
-    monkeypatch.setenv("FPN_JAX_NOTEBOOK_TINY", "1")
-    monkeypatch.setenv("FPN_JAX_DATA_DIR", str(MNIST))
-    monkeypatch.setenv("FPN_JAX_HOME", str(home))
-    monkeypatch.setenv("FPN_JAX_NOTEBOOK_OUT", str(out))
-    # The kernel must import this checkout's fpn_jax, whatever is installed.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    notebook = _read(name)
-    client = NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}})  # the kernel's working folder
-    start = time.perf_counter()
-    client.execute()  # raises CellExecutionError, with the cell and traceback, if any cell fails
-    print(f"{name}.ipynb executed in {time.perf_counter() - start:.1f} s")
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory) -> dict[str, tuple[nbformat.NotebookNode, Path, float] | BaseException]:
+    """Both notebooks executed at the same time, each in its own kernel and temporary folder.
 
+    The tiny runs are dominated by XLA compilation, which is single-threaded: two kernels side by
+    side take about as long as one. Returns, per notebook, (executed notebook, its folder, seconds)
+    or the exception its execution raised (a ``CellExecutionError`` names the cell and traceback).
+    """
+    if not HAVE_MNIST:
+        pytest.skip(f"no MNIST IDX files in {MNIST}")
+    root = tmp_path_factory.mktemp("notebooks")
+
+    async def execute(name: str) -> tuple[nbformat.NotebookNode, Path, float]:
+        folder = root / name
+        folder.mkdir()
+        env = os.environ | {
+            "FPN_JAX_NOTEBOOK_TINY": "1",
+            "FPN_JAX_DATA_DIR": str(MNIST),
+            "FPN_JAX_HOME": str(folder / "fpn_jax_home"),  # empty: no cached base model is used
+            "FPN_JAX_NOTEBOOK_OUT": str(folder / "out"),
+            # the kernel must import this checkout's fpn_jax, whatever is installed
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        }
+        notebook = _read(name)
+        client = NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+                                resources={"metadata": {"path": str(folder)}})  # the kernel's working folder
+        start = time.perf_counter()
+        await client.async_execute(env=env)  # raises CellExecutionError if any cell fails
+        return notebook, folder, time.perf_counter() - start
+
+    async def execute_all():
+        return await asyncio.gather(*(execute(name) for name in NAMES), return_exceptions=True)
+
+    return dict(zip(NAMES, asyncio.run(execute_all()), strict=True))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_executes_top_to_bottom(name, executed):
+    result = executed[name]
+    if isinstance(result, BaseException):
+        raise result
+    notebook, folder, seconds = result
+    print(f"{name}.ipynb executed in {seconds:.1f} s")
+    home, out = folder / "fpn_jax_home", folder / "out"
     text, images = _outputs(notebook)
     assert "Traceback" not in text
     assert not (home / "models").exists(), "the tiny configuration wrote to the model cache"

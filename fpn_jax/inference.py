@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fpn_jax import _checks
+from fpn_jax import _checks, parallel
 from fpn_jax._batching import map_in_chunks
 from fpn_jax.flows.flow import ConditionalFlow
 from fpn_jax.flows.stack import is_training
@@ -58,6 +58,7 @@ def class_log_likelihoods(
         contexts, name="contexts", width=flow.context_features, where=where, width_name="flow.context_features"
     )
     graphdef, state = nnx.split(flow)
+    state, contexts = parallel.replicate((state, contexts))
     return map_in_chunks(
         lambda chunk: _log_likelihoods(graphdef, state, chunk, contexts), z, batch_size=batch_size
     )

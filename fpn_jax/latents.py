@@ -5,7 +5,7 @@
 
 Both run the model in eval mode under ``stop_gradient`` (the base model is frozen: nothing
 downstream can train it), jit-compiled once per model and chunk size, in fixed-size chunks
-so memory stays bounded whatever N is.
+so memory stays bounded whatever N is, each chunk split over all devices (``fpn_jax.parallel``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from fpn_jax import _checks
+from fpn_jax import _checks, parallel
 from fpn_jax._batching import map_in_chunks
 from fpn_jax.autoencoders.base import Autoencoder, check_data
 from fpn_jax.flows.stack import is_training
@@ -59,6 +59,7 @@ def encode(model: Autoencoder, x: Array, *, key: Array | None = None, batch_size
     _require_frozen(model, where)
     x = check_data(x, model.data_shape, name="x", where=where)
     graphdef, state = nnx.split(model)
+    state = parallel.replicate(state)
     if key is None:
         return np.asarray(map_in_chunks(lambda c: _encode(graphdef, state, c, None), x, batch_size=batch_size))
     key = _checks.check_key(key, where=where)
@@ -75,4 +76,5 @@ def decode(model: Autoencoder, z: Array, *, batch_size: int = 2048) -> np.ndarra
     z = _checks.as_float_matrix(z, name="z", width=model.latent_features, where=where, width_name="latent_features")
     _checks.check_finite(z, name="z", where=where)
     graphdef, state = nnx.split(model)
+    state = parallel.replicate(state)
     return np.asarray(map_in_chunks(lambda c: _decode(graphdef, state, c), z, batch_size=batch_size))

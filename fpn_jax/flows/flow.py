@@ -11,7 +11,8 @@ that every layer then sees instead of ``y``.
 Calling convention of the public methods: ``z``/``u`` are float (N, D) arrays, ``context``
 float (N, C) one-hot or multi-hot rows, ``key`` a PRNG key. Shapes and dtypes are checked
 before tracing; a wrong one raises ``ValueError`` naming the argument. Called with concrete
-arrays, each method runs a cached, jit-compiled program (``nnx.jit``). Called inside a JAX
+arrays, each method runs a cached, jit-compiled program (``nnx.jit``) with the rows split
+over all devices (``fpn_jax.parallel``). Called inside a JAX
 transformation (your own ``jax.jit``, ``jax.vmap``, ``jax.grad``...), it traces inline, so
 it composes with them. For hot loops, split the model once and merge inside your function::
 
@@ -35,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fpn_jax import _checks
+from fpn_jax import _checks, parallel
 from fpn_jax.flows.bijector import Bijector
 from fpn_jax.flows.nets import Linear
 from fpn_jax.flows.stack import is_training
@@ -110,7 +111,7 @@ class ConditionalFlow(nnx.Module):
         z, log_det = self.transform.forward_and_log_det(u, self.embed(context))
         return z, self.base_distribution().log_prob(u) - log_det
 
-    def _sample_and_log_prob(self, key: Array, context: Array) -> tuple[Array, Array]:
+    def _sample_and_log_prob(self, context: Array, key: Array) -> tuple[Array, Array]:
         u = self.base_distribution().sample(seed=key, sample_shape=(context.shape[0],))
         return self._from_noise_and_log_prob(u, context)
 
@@ -129,7 +130,7 @@ class ConditionalFlow(nnx.Module):
                 f"{type(self).__name__}.log_prob: training mode normalises with batch statistics "
                 f"and needs N >= 2 rows; got N = {z.shape[0]}. Call model.eval() to use running statistics."
             )
-        return self._dispatch("_log_prob", z, context, key)
+        return self._dispatch("_log_prob", z, context, key=key)
 
     def to_noise(self, z: Array, context: Array) -> Array:
         """``u = T⁻¹(z | context)``, (N, D): the noise that generates ``z`` under ``context``."""
@@ -152,7 +153,7 @@ class ConditionalFlow(nnx.Module):
         key = _checks.check_key(key, where=where)
         context = self._check_context(where, context)
         self._check_can_sample("sample")
-        return self._dispatch("_sample_and_log_prob", key, context)
+        return self._dispatch("_sample_and_log_prob", context, key=key)
 
     # ----------------------------------------------------------------- helpers
     def _check_context(self, where: str, context: Array) -> Array:
@@ -174,14 +175,21 @@ class ConditionalFlow(nnx.Module):
                 "norm, whose noise -> data direction needs running statistics; call model.eval() first."
             )
 
-    def _dispatch(self, method: str, *args):
-        """Runs ``self.<method>(*args)`` jit-compiled, or inline when already being traced."""
-        if _checks.is_traced(args, nnx.state(self)):
-            return getattr(self, method)(*args)
-        return _jitted(method)(self, *args)
+    def _dispatch(self, method: str, *rows: Array, **kwargs: Array | None):
+        """Runs ``self.<method>(*rows, **kwargs)`` jit-compiled, or inline when already being traced.
+
+        Compiled, the rows (row-aligned arrays) are padded to a multiple of the device count and
+        split over the devices, and the module's state is replicated (``fpn_jax.parallel``).
+        """
+        if _checks.is_traced(rows, kwargs, nnx.state(self)):
+            return getattr(self, method)(*rows, **kwargs)
+        state = nnx.state(self)
+        if not parallel.is_replicated(state):
+            nnx.update(self, parallel.replicate(state))
+        return parallel.call_on_rows(functools.partial(_jitted(method), self), *rows, **kwargs)
 
 
 @functools.cache
 def _jitted(method: str):
     """One ``nnx.jit`` per core method; it caches a compilation per model structure."""
-    return nnx.jit(lambda flow, *args: getattr(flow, method)(*args))
+    return nnx.jit(lambda flow, *rows, **kwargs: getattr(flow, method)(*rows, **kwargs))

@@ -75,3 +75,21 @@ def test_fit_resumes_to_the_same_parameters(tmp_path):
     assert len(history.train_loss) == 4
     for a, b in zip(jax.tree.leaves(nnx.state(straight)), jax.tree.leaves(nnx.state(resumed)), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+
+
+def test_register_accepts_a_redefined_class_but_not_a_different_one():
+    def define(base):
+        @checkpoint.register("test_redefined_module")
+        class Model(base):
+            pass
+
+        return Model
+
+    first = define(nnx.Module)
+    second = define(nnx.Module)  # a notebook cell run again: same module and name
+    assert second is not first and checkpoint.architectures()["test_redefined_module"] is second
+
+    with pytest.raises(ValueError, match="'test_redefined_module' is taken"):
+        @checkpoint.register("test_redefined_module")
+        class Other(nnx.Module):
+            pass

@@ -43,7 +43,10 @@ def register(name: str) -> Callable[[type], type]:
     """
 
     def decorate(cls: type) -> type:
-        if _ARCHITECTURES.get(name, cls) is not cls:
+        taken = _ARCHITECTURES.get(name, cls)
+        # The same class defined again (a notebook cell run twice, a reloaded module) replaces it.
+        redefined = (taken.__module__, taken.__qualname__) == (cls.__module__, cls.__qualname__)
+        if taken is not cls and not redefined:
             raise ValueError(f"register: the architecture name {name!r} is taken by {_ARCHITECTURES[name]}.")
         _ARCHITECTURES[name] = cls
         cls.architecture = name
@@ -96,10 +99,15 @@ def save(path: str | os.PathLike, module: nnx.Module, *, extra: dict[str, Any] |
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     state = jax.device_get(nnx.to_pure_dict(nnx.state(module)))
-    with _checkpointer() as checkpointer:
-        checkpointer.save(
-            temporary, ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        )
+    try:
+        with _checkpointer() as checkpointer:
+            checkpointer.save(
+                temporary, ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+            )
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    _recover(path)
     if path.exists():
         old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(path, old)
@@ -110,9 +118,26 @@ def save(path: str | os.PathLike, module: nnx.Module, *, extra: dict[str, Any] |
     return path
 
 
+def _recover(path: Path) -> None:
+    """Puts back the previous checkpoint if a crash in ``save`` left it moved aside.
+
+    ``save(overwrite=True)`` renames the old folder to ``.NAME.old-*`` and then the complete new
+    one (``.NAME.tmp-*``) to NAME. A crash between the two renames leaves no NAME: the old
+    folder, complete, is renamed back (and the unfinished new one removed).
+    """
+    if path.exists():
+        return
+    olds = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds:
+        os.replace(olds[-1], path)
+        for leftover in [*olds[:-1], *path.parent.glob(f".{path.name}.tmp-*")]:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The ``meta`` item of a checkpoint: architecture, config and extra notes."""
     path = Path(path)
+    _recover(path.absolute())
     file = path / "meta" / "metadata"
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint folder.")

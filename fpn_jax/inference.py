@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fpn_jax import _checks
+from fpn_jax import _checks, parallel
 from fpn_jax._batching import map_in_chunks
 from fpn_jax.flows.flow import ConditionalFlow
 from fpn_jax.flows.stack import is_training
@@ -84,6 +84,7 @@ def class_log_likelihoods(
     if z.shape[0] == 0:
         return jnp.zeros((0, contexts.shape[0]), jnp.float32)
     graphdef, state = nnx.split(flow)
+    state, contexts = parallel.replicate((state, contexts))
     return map_in_chunks(
         lambda chunk: _log_likelihoods(graphdef, state, chunk, contexts), z, batch_size=batch_size
     )

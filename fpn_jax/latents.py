@@ -5,7 +5,7 @@
 
 Both run the model in eval mode under ``stop_gradient`` (the base model is frozen: nothing
 downstream can train it), jit-compiled once per model and chunk size, in fixed-size chunks
-so memory stays bounded whatever N is.
+so memory stays bounded whatever N is, each chunk split over all devices (``fpn_jax.parallel``).
 
 Inputs are checked first: images of the model's ``data_shape``, floating, in [0, 1] (a NaN or
 a value out of range is reported with its first row); latents finite and of the model's
@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from fpn_jax import _checks
+from fpn_jax import _checks, parallel
 from fpn_jax._batching import map_in_chunks
 from fpn_jax.autoencoders.base import Autoencoder, check_data
 from fpn_jax.flows.stack import is_training
@@ -84,6 +84,7 @@ def encode(model: Autoencoder, x: Array, *, key: Array | None = None, batch_size
     if x.shape[0] == 0:
         return np.zeros((0, model.latent_features), np.float32)
     graphdef, state = nnx.split(model)
+    state = parallel.replicate(state)
     if key is None:
         return np.asarray(map_in_chunks(lambda c: _encode(graphdef, state, c, None), x, batch_size=batch_size))
     key = _checks.check_key(key, where=where)
@@ -110,4 +111,5 @@ def decode(model: Autoencoder, z: Array, *, batch_size: int = 2048) -> np.ndarra
     if z.shape[0] == 0:
         return np.zeros((0, *model.data_shape), np.float32)
     graphdef, state = nnx.split(model)
+    state = parallel.replicate(state)
     return np.asarray(map_in_chunks(lambda c: _decode(graphdef, state, c), z, batch_size=batch_size))

@@ -122,3 +122,21 @@ def test_non_finite_parameters_are_refused_by_name(tmp_path):
     path = checkpoint.save(tmp_path / "diverged", flow)
     with pytest.raises(checkpoint.CheckpointError, match=r"diverged: the stored arrays hold NaN or infinite values .* 1 parameter\(s\): .*final_layer.bias"):
         checkpoint.load(path)
+
+
+def test_register_accepts_a_redefined_class_but_not_a_different_one():
+    def define(base):
+        @checkpoint.register("test_redefined_module")
+        class Model(base):
+            pass
+
+        return Model
+
+    first = define(nnx.Module)
+    second = define(nnx.Module)  # a notebook cell run again: same module and name
+    assert second is not first and checkpoint.architectures()["test_redefined_module"] is second
+
+    with pytest.raises(ValueError, match="'test_redefined_module' is taken"):
+        @checkpoint.register("test_redefined_module")
+        class Other(nnx.Module):
+            pass

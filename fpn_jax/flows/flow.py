@@ -21,7 +21,8 @@ as they are instead. Precision: ``from_noise(to_noise(z))`` recovers ``z`` to fl
 precision for latents of the training data's scale; far outside it (|z| ~ 1e4) the noise →
 data direction subtracts large shifts and divides by scales down to 1e-3, and the round trip
 can be off by tens of percent while staying finite (float64 parameters would fix it). Called with concrete
-arrays, each method runs a cached, jit-compiled program (``nnx.jit``). Called inside a JAX
+arrays, each method runs a cached, jit-compiled program (``nnx.jit``) with the rows split
+over all devices (``fpn_jax.parallel``). Called inside a JAX
 transformation (your own ``jax.jit``, ``jax.vmap``, ``jax.grad``...), it traces inline, so
 it composes with them; value checks are then skipped (they need the values). For hot loops, split the model once and merge inside your function::
 
@@ -45,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fpn_jax import _checks
+from fpn_jax import _checks, parallel
 from fpn_jax.flows.bijector import Bijector
 from fpn_jax.flows.nets import Linear
 from fpn_jax.flows.stack import is_training
@@ -120,7 +121,7 @@ class ConditionalFlow(nnx.Module):
         z, log_det = self.transform.forward_and_log_det(u, self.embed(context))
         return z, self.base_distribution().log_prob(u) - log_det
 
-    def _sample_and_log_prob(self, key: Array, context: Array) -> tuple[Array, Array]:
+    def _sample_and_log_prob(self, context: Array, key: Array) -> tuple[Array, Array]:
         u = self.base_distribution().sample(seed=key, sample_shape=(context.shape[0],))
         return self._from_noise_and_log_prob(u, context)
 
@@ -148,7 +149,7 @@ class ConditionalFlow(nnx.Module):
             )
         if key is not None:
             key = _checks.check_key(key, where=where)
-        out = self._dispatch("_log_prob", z, context, key)
+        out = self._dispatch("_log_prob", z, context, key=key)
         _checks.check_overflow(out, what="log_prob", where=where, hint=_FAR_OUT)
         return out
 
@@ -201,7 +202,7 @@ class ConditionalFlow(nnx.Module):
         key = _checks.check_key(key, where=where)
         context = self._check_context(where, context)
         self._check_can_sample("sample")
-        out = self._dispatch("_sample_and_log_prob", key, context)
+        out = self._dispatch("_sample_and_log_prob", context, key=key)
         if not allow_overflow:
             _checks.check_overflow(out, what="the sample", where=where, hint=_SAMPLING)
         return out
@@ -226,11 +227,18 @@ class ConditionalFlow(nnx.Module):
                 "norm, whose noise -> data direction needs running statistics; call model.eval() first."
             )
 
-    def _dispatch(self, method: str, *args):
-        """Runs ``self.<method>(*args)`` jit-compiled, or inline when already being traced."""
-        if _checks.is_traced(args, nnx.state(self)):
-            return getattr(self, method)(*args)
-        return _jitted(method)(self, *args)
+    def _dispatch(self, method: str, *rows: Array, **kwargs: Array | None):
+        """Runs ``self.<method>(*rows, **kwargs)`` jit-compiled, or inline when already being traced.
+
+        Compiled, the rows (row-aligned arrays) are padded to a multiple of the device count and
+        split over the devices, and the module's state is replicated (``fpn_jax.parallel``).
+        """
+        if _checks.is_traced(rows, kwargs, nnx.state(self)):
+            return getattr(self, method)(*rows, **kwargs)
+        state = nnx.state(self)
+        if not parallel.is_replicated(state):
+            nnx.update(self, parallel.replicate(state))
+        return parallel.call_on_rows(functools.partial(_jitted(method), self), *rows, **kwargs)
 
 
 _FAR_OUT = "The latents probably lie far outside the data the flow was trained on."
@@ -243,4 +251,4 @@ _SAMPLING = (
 @functools.cache
 def _jitted(method: str):
     """One ``nnx.jit`` per core method; it caches a compilation per model structure."""
-    return nnx.jit(lambda flow, *args: getattr(flow, method)(*args))
+    return nnx.jit(lambda flow, *rows, **kwargs: getattr(flow, method)(*rows, **kwargs))

@@ -451,6 +451,9 @@ class MADE(nnx.Module):
 class ResidualNet(nnx.Module):
     """Residual MLP ``[x, c] -> out``, the context also gating every block (GLU).
 
+    The context enters only through linear maps, so it may be a single row (1, C) shared by
+    all rows of x (classification evaluates every class this way).
+
     Args:
       in_features, out_features, hidden_features, context_features: sizes (C may be 0).
       num_blocks, activation, dropout, batch_norm: of the residual blocks.
@@ -488,7 +491,11 @@ class ResidualNet(nnx.Module):
         self.final_layer = Linear(hidden_features, out_features, rngs=rngs)
 
     def __call__(self, x: Array, context: Array | None, key: Array | None = None) -> Array:
-        h = self.initial_layer(x if context is None else jnp.concatenate([x, context], axis=-1))
+        if context is None:
+            h = self.initial_layer(x)
+        else:  # Linear([x, c]) = x W_x + c W_c + b: c may be one row broadcast over x's rows
+            kernel, d = self.initial_layer.weight(), x.shape[-1]
+            h = x @ kernel[:d] + (context @ kernel[d:] + self.initial_layer.bias[...])
         for block, k in zip(self.blocks, split_key(key, len(self.blocks))):
             h = block(h, context, k)
         return self.final_layer(h)

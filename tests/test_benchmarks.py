@@ -56,7 +56,7 @@ def test_quick_run_writes_json_and_table(tmp_path):
             side = row[library]
             for name in ("examples_per_s", "seconds_per_call", "gflops_per_s", "flops_per_example"):
                 assert _positive_finite(side[name]), (row["flow"], row["metric"], library, name, side[name])
-            assert len(side["warm_up_calls_s"]) == 3 and all(_positive_finite(s) for s in side["warm_up_calls_s"])
+            assert len(side["warm_up_calls_s"]) == (3 if library == "fpn-jax" else 1) and all(_positive_finite(s) for s in side["warm_up_calls_s"])
             assert len(side["seconds_all_repeats"]) == result["repeats"]
             assert all(_positive_finite(s) for s in side["seconds_all_repeats"])
             # the rate is the median repeat's
@@ -116,9 +116,13 @@ def test_train_step_traces_once(cls, trace_counter):
 
 
 def test_train_step_is_the_library_step():
-    """One benchmark step equals one step of ``fpn_jax.train.fit`` on the same batch."""
+    """One benchmark step equals one step of ``fpn_jax.train.fit`` on the same batch.
+
+    No batch norm here: parameters right before a training-mode batch norm have a zero
+    gradient up to rounding, which Adam's first step (``g / (|g| + eps)``) turns into noise
+    of size lr."""
     bench = _load_benchmark()
-    make = lambda: ConditionalMAF(4, 2, hidden_features=7, num_layers=2, batch_norm_between=True, rngs=nnx.Rngs(1))  # noqa: E731
+    make = lambda: ConditionalMAF(4, 2, hidden_features=7, num_layers=2, rngs=nnx.Rngs(1))  # noqa: E731
     (z, c), = _batches(16, 4, 2, how_many=1)
     flow = make()
     step, state = bench.make_train_step(flow)

@@ -6,10 +6,11 @@ sampling, Bayes-rule classification and attribute manipulation then happen in la
 Data flows one way through the subpackages::
 
     data → autoencoders (frozen base models) → latents → flows / train → inference → latents.decode
-    (checkpoint: orbax save/load of any of the models; convert: PyTorch checkpoints → these)
+    (checkpoint: orbax save/load of any of the models; convert: PyTorch checkpoints → these;
+     parallel: every compiled step runs data-parallel over all devices JAX sees)
 """
 
-from fpn_jax import autoencoders, checkpoint, data, latents
+from fpn_jax import autoencoders, checkpoint, data, latents, parallel
 from fpn_jax.context import one_hot
 from fpn_jax.flows import ConditionalFlow, ConditionalMAF, ConditionalRealNVP
 from fpn_jax.inference import class_log_likelihoods, classify, manipulate

@@ -1,8 +1,9 @@
-"""Evaluate a jitted function over a large array in fixed-size chunks.
+"""Evaluate a jitted function over a large array in fixed-size chunks, on every device.
 
 Every chunk has the same shape (the last one is padded by repeating row 0 and the padding is
 cut off afterwards), so the function compiles once whatever N is, and peak memory is bounded
-by ``batch_size`` rows.
+by ``batch_size`` rows. The chunk size is rounded up to a multiple of the device count and
+each chunk is split over the devices (``fpn_jax.parallel``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from fpn_jax import parallel
+
 Array = jax.Array
 
 
@@ -19,17 +22,22 @@ def map_in_chunks(fn: Callable[..., Array], *arrays: Array, batch_size: int) -> 
     """``concatenate([fn(*chunk) for chunk in chunks(arrays)])`` along axis 0.
 
     Args:
-      fn: maps arrays of ``batch_size`` rows to one array of ``batch_size`` rows.
-      *arrays: arrays with the same number of rows N.
-      batch_size: rows per call.
+      fn: maps arrays of ``size`` rows to one array of ``size`` rows, where ``size`` is
+        ``min(batch_size, N)`` rounded up to a multiple of the device count.
+      *arrays: arrays with the same number of rows N (N = 0 gives an empty result).
+      batch_size: rows per call (before rounding).
     """
     n = arrays[0].shape[0]
-    size = min(batch_size, n)
+    if n == 0:
+        one = [jax.ShapeDtypeStruct((parallel.padded(1),) + a.shape[1:], a.dtype) for a in arrays]
+        out = jax.eval_shape(fn, *one)
+        return jnp.zeros((0,) + out.shape[1:], out.dtype)
+    size = parallel.padded(min(batch_size, n))
     outputs = []
     for start in range(0, n, size):
         chunk = [a[start : start + size] for a in arrays]
         rows = chunk[0].shape[0]
         if rows < size:
             chunk = [jnp.concatenate([c, jnp.repeat(c[:1], size - rows, axis=0)]) for c in chunk]
-        outputs.append(fn(*chunk)[:rows])
+        outputs.append(parallel.call_on_rows(fn, *chunk)[:rows])
     return jnp.concatenate(outputs, axis=0)

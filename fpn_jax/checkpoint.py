@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -42,7 +43,10 @@ def register(name: str) -> Callable[[type], type]:
     """
 
     def decorate(cls: type) -> type:
-        if _ARCHITECTURES.get(name, cls) is not cls:
+        taken = _ARCHITECTURES.get(name, cls)
+        # The same class defined again (a notebook cell run twice, a reloaded module) replaces it.
+        redefined = (taken.__module__, taken.__qualname__) == (cls.__module__, cls.__qualname__)
+        if taken is not cls and not redefined:
             raise ValueError(f"register: the architecture name {name!r} is taken by {_ARCHITECTURES[name]}.")
         _ARCHITECTURES[name] = cls
         cls.architecture = name
@@ -95,10 +99,15 @@ def save(path: str | os.PathLike, module: nnx.Module, *, extra: dict[str, Any] |
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     state = jax.device_get(nnx.to_pure_dict(nnx.state(module)))
-    with _checkpointer() as checkpointer:
-        checkpointer.save(
-            temporary, ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        )
+    try:
+        with _checkpointer() as checkpointer:
+            checkpointer.save(
+                temporary, ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+            )
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    _recover(path)
     if path.exists():
         old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(path, old)
@@ -109,9 +118,26 @@ def save(path: str | os.PathLike, module: nnx.Module, *, extra: dict[str, Any] |
     return path
 
 
+def _recover(path: Path) -> None:
+    """Puts back the previous checkpoint if a crash in ``save`` left it moved aside.
+
+    ``save(overwrite=True)`` renames the old folder to ``.NAME.old-*`` and then the complete new
+    one (``.NAME.tmp-*``) to NAME. A crash between the two renames leaves no NAME: the old
+    folder, complete, is renamed back (and the unfinished new one removed).
+    """
+    if path.exists():
+        return
+    olds = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds:
+        os.replace(olds[-1], path)
+        for leftover in [*olds[:-1], *path.parent.glob(f".{path.name}.tmp-*")]:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The ``meta`` item of a checkpoint: architecture, config and extra notes."""
     path = Path(path)
+    _recover(path.absolute())
     file = path / "meta" / "metadata"
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such checkpoint folder.")
@@ -123,6 +149,14 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{file}: corrupt checkpoint metadata ({error}).") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{file}: unknown checkpoint format {meta.get('format') if isinstance(meta, dict) else meta!r}; expected {FORMAT!r}.")
+    kinds = {"architecture": str, "config": dict, "extra": dict}
+    problems = [
+        f"`{k}` is missing" if k not in meta else f"`{k}` must be a {t.__name__}, got {type(meta[k]).__name__}"
+        for k, t in kinds.items()
+        if not isinstance(meta.get(k), t)
+    ]
+    if problems:
+        raise CheckpointError(f"{file}: corrupt checkpoint metadata: {'; '.join(problems)}.")
     return meta
 
 
@@ -134,12 +168,22 @@ def load(path: str | os.PathLike, *, expect: type | None = None) -> nnx.Module:
       expect: optional base class the module must be an instance of.
 
     Raises:
-      CheckpointError: missing or corrupt files, or stored arrays whose names or shapes do
-        not fit the architecture (listing the offending parameters).
+      CheckpointError: missing or corrupt files (orbax checksums the array data, so a
+        damaged byte is detected), metadata whose configuration does not build the
+        architecture, stored arrays whose names or shapes do not fit it (listing the
+        offending parameters), or parameters holding NaN or infinities (naming them).
     """
     path = Path(path).absolute()
     meta = read_meta(path)
-    abstract = nnx.eval_shape(lambda: build(meta["architecture"], meta["config"], rngs=nnx.Rngs(0)))
+    try:
+        abstract = nnx.eval_shape(lambda: build(meta["architecture"], meta["config"], rngs=nnx.Rngs(0)))
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    except (TypeError, ValueError) as error:  # the constructor refused the stored configuration
+        raise CheckpointError(
+            f"{path}: the stored configuration does not build a {meta['architecture']} "
+            f"({type(error).__name__}: {error}); config = {meta['config']}."
+        ) from None
     if expect is not None and not isinstance(abstract, expect):
         raise CheckpointError(
             f"{path}: holds a {meta['architecture']} ({type(abstract).__name__}); expected a {expect.__name__}."
@@ -153,9 +197,26 @@ def load(path: str | os.PathLike, *, expect: type | None = None) -> nnx.Module:
                 path, ocp.args.Composite(state=ocp.args.StandardRestore(target))
             )
     except Exception as error:  # orbax/tensorstore raise many types for damaged files
-        raise CheckpointError(f"{path}: could not read the stored arrays ({type(error).__name__}: {error}).") from None
+        raise CheckpointError(
+            f"{path}: could not read the stored arrays; the checkpoint is corrupt or incomplete "
+            f"({type(error).__name__}: {_first_line(error)})."
+        ) from None
+    bad = [
+        _key(p) for p, v in jax.tree_util.tree_leaves_with_path(restored["state"])
+        if not np.isfinite(np.asarray(v)).all()
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{path}: the stored arrays hold NaN or infinite values (a diverged run?) in "
+            f"{len(bad)} parameter(s): {', '.join(bad[:10])}{', ...' if len(bad) > 10 else ''}."
+        )
     nnx.replace_by_pure_dict(abstract_state, restored["state"])
     return nnx.merge(graphdef, abstract_state)
+
+
+def _first_line(error: Exception, limit: int = 400) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _check_shapes(path: Path, target: dict, architecture: str) -> None:
@@ -164,9 +225,12 @@ def _check_shapes(path: Path, target: dict, architecture: str) -> None:
         with _checkpointer() as checkpointer:
             stored = checkpointer.metadata(path).item_metadata["state"]
     except Exception as error:
-        raise CheckpointError(f"{path}: unreadable state metadata ({type(error).__name__}: {error}).") from None
+        raise CheckpointError(
+            f"{path}: unreadable array metadata in {path / 'state'}; the checkpoint is corrupt or "
+            f"incomplete ({type(error).__name__}: {_first_line(error)})."
+        ) from None
     if stored is None:
-        raise CheckpointError(f"{path}: the checkpoint has no stored state.")
+        raise CheckpointError(f"{path}: the checkpoint has no stored state ({path / 'state'} is missing or incomplete).")
     expected = {_key(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(target)}
     actual = {_key(p): tuple(getattr(v, "shape", ())) for p, v in jax.tree_util.tree_leaves_with_path(stored)}
     problems = [f"missing: {k} (expected shape {expected[k]})" for k in sorted(expected.keys() - actual.keys())]

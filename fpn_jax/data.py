@@ -75,6 +75,10 @@ class Split:
     labels: np.ndarray
 
     def __post_init__(self) -> None:
+        if not np.issubdtype(np.asarray(self.labels).dtype, np.integer):
+            raise ValueError(
+                f"Split: `labels` must be integer class indices; got dtype {np.asarray(self.labels).dtype}."
+            )
         if np.ndim(self.labels) != 1:
             raise ValueError(
                 f"Split: `labels` must be a 1-D array of shape (N,); got shape {np.shape(self.labels)}."
@@ -277,9 +281,14 @@ def subset(split: Split, n: int, *, seed: int = 0, balanced: bool = True) -> Spl
       A ``Split`` with images (n, *item_shape) and labels (n,).
 
     Raises:
-      ValueError: ``n`` is negative or larger than the split.
+      TypeError: ``split`` is not a ``Split``.
+      ValueError: ``n`` is negative or larger than the split, or ``seed`` is not an integer.
     """
+    if not isinstance(split, Split):
+        raise TypeError(f"subset: argument `split` must be a fpn_jax.data.Split; got {type(split).__name__}.")
     n = _checks.positive_int(n, name="n", where="subset", allow_zero=True)
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise ValueError(f"subset: `seed` must be an integer; got {seed!r}.")
     if n > len(split):
         raise ValueError(f"subset: `n` must be at most the split's size {len(split)}; got {n}.")
     rng = np.random.default_rng(int(seed))

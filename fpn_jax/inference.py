@@ -5,6 +5,10 @@
 
 (Sampling is ``flow.sample(key, context)``.) The flow must be in eval mode: with batch
 statistics the density of a latent would depend on the rest of the batch.
+
+Inputs are checked as in ``ConditionalFlow``: shapes and dtypes always, values (NaN,
+infinities) on concrete arrays, naming the first bad row; N = 0 latents give empty results.
+A log-likelihood that overflows float32 for a finite latent raises ``FloatingPointError``.
 """
 
 from __future__ import annotations
@@ -13,14 +17,23 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from fpn_jax import _checks
+from fpn_jax import _checks, parallel
 from fpn_jax._batching import map_in_chunks
 from fpn_jax.flows.flow import ConditionalFlow
 from fpn_jax.flows.stack import is_training
 
 Array = jax.Array
+
+
+def _check_flow(flow: ConditionalFlow, where: str) -> None:
+    if not isinstance(flow, ConditionalFlow):
+        raise TypeError(
+            f"{where}: argument `flow` must be a ConditionalFlow (ConditionalMAF, ConditionalRealNVP...); "
+            f"got {type(flow).__name__}."
+        )
 
 
 def _require_eval(flow: ConditionalFlow, where: str) -> None:
@@ -41,6 +54,10 @@ def _log_likelihoods(graphdef: nnx.GraphDef, state: nnx.State, z: Array, context
     return jax.vmap(under, out_axes=1)(contexts)
 
 
+@_checks.overflow_checked(
+    what="log p(z | contexts_k)", where="class_log_likelihoods",
+    hint="The latents probably lie far outside the data the flow was trained on.",
+)
 def class_log_likelihoods(
     flow: ConditionalFlow, z: Array, contexts: Array | None = None, *, batch_size: int = 2048
 ) -> Array:
@@ -51,8 +68,15 @@ def class_log_likelihoods(
       z: (N, D) latents.
       contexts: (K, C) candidate contexts; default the C one-hot rows ``I_C``.
       batch_size: latents per compiled call (bounds memory: batch_size × K rows at once).
+
+    Raises:
+      ValueError: bad shapes, dtypes, non-finite rows or ``batch_size``, naming the argument.
+      RuntimeError: the flow is in training mode.
+      FloatingPointError: a log-likelihood overflowed float32 (names the rows of ``z``).
     """
     where = "class_log_likelihoods"
+    _check_flow(flow, where)
+    batch_size = _checks.positive_int(batch_size, name="batch_size", where=where)
     _require_eval(flow, where)
     z = _checks.as_float_matrix(z, name="z", width=flow.features, where=where, width_name="flow.features")
     if contexts is None:
@@ -60,7 +84,10 @@ def class_log_likelihoods(
     contexts = _checks.as_float_matrix(
         contexts, name="contexts", width=flow.context_features, where=where, width_name="flow.context_features"
     )
+    if z.shape[0] == 0:
+        return jnp.zeros((0, contexts.shape[0]), jnp.float32)
     graphdef, state = nnx.split(flow)
+    state, contexts = parallel.replicate((state, contexts))
     return map_in_chunks(
         lambda chunk: _log_likelihoods(graphdef, state, chunk, contexts), z, batch_size=batch_size
     )
@@ -83,19 +110,47 @@ def classify(
 
     Returns:
       ``(predictions, log_posterior)``: (N,) int32 class indices and (N, C) normalised
-      log posteriors.
+      log posteriors (``exp`` sums to 1 over each row; -inf where the prior is 0).
+
+    Raises:
+      ValueError: bad ``z`` (shape, dtype, non-finite row), ``log_prior`` (shape, NaN,
+        +inf, or no class with prior > 0) or ``batch_size``.
+      RuntimeError: the flow is in training mode.
+      FloatingPointError: a log-likelihood overflowed float32 (see ``class_log_likelihoods``).
     """
+    _check_flow(flow, "classify")
+    if log_prior is not None:
+        log_prior = _check_log_prior(flow, log_prior)
     log_lik = class_log_likelihoods(flow, z, batch_size=batch_size)
     if log_prior is not None:
-        log_prior = jnp.asarray(log_prior, jnp.float32)
-        if log_prior.shape != (flow.context_features,):
-            raise ValueError(
-                f"classify: argument `log_prior` must have shape ({flow.context_features},); "
-                f"got {tuple(log_prior.shape)}."
-            )
         log_lik = log_lik + log_prior
-    log_posterior = log_lik - jax.nn.logsumexp(log_lik, axis=1, keepdims=True)
+    # log_softmax shifts by the row's maximum first: with log-likelihoods ~ -1e38 (extreme
+    # latents) ``log_lik - logsumexp(log_lik)`` loses the log K and the posterior sums to K.
+    log_posterior = jax.nn.log_softmax(log_lik, axis=1)
     return jnp.argmax(log_posterior, axis=1).astype(jnp.int32), log_posterior
+
+
+def _check_log_prior(flow: ConditionalFlow, log_prior: Array) -> Array:
+    if not hasattr(log_prior, "dtype"):
+        log_prior = np.asarray(log_prior)
+    if not jnp.issubdtype(log_prior.dtype, jnp.floating):
+        raise ValueError(f"classify: argument `log_prior` must be a floating-point array; got dtype {log_prior.dtype}.")
+    if tuple(log_prior.shape) != (flow.context_features,):
+        raise ValueError(
+            f"classify: argument `log_prior` must have shape ({flow.context_features},); "
+            f"got {tuple(log_prior.shape)}."
+        )
+    if not _checks.is_traced(log_prior):
+        host = np.asarray(log_prior, np.float64)
+        bad = np.flatnonzero(np.isnan(host) | (host == np.inf))
+        if bad.size:
+            raise ValueError(
+                f"classify: argument `log_prior` must hold log-probabilities (finite, or -inf for a "
+                f"class of prior 0); log_prior[{bad[0]}] = {host[bad[0]]}."
+            )
+        if not np.isfinite(host).any():
+            raise ValueError("classify: argument `log_prior` gives every class prior 0 (all -inf).")
+    return jnp.asarray(log_prior, jnp.float32)
 
 
 def manipulate(flow: ConditionalFlow, z: Array, context: Array, new_context: Array) -> Array:
@@ -104,6 +159,23 @@ def manipulate(flow: ConditionalFlow, z: Array, context: Array, new_context: Arr
     Args:
       flow: a conditional flow in eval mode.
       z: (N, D) latents, ``context`` (N, C) their contexts, ``new_context`` (N, C) the targets.
+
+    Raises:
+      ValueError: bad shapes, dtypes or non-finite rows, naming the argument.
+      RuntimeError: the flow is in training mode.
+      FloatingPointError: ``to_noise`` or ``from_noise`` overflowed float32, naming the rows.
     """
-    _require_eval(flow, "manipulate")
+    where = "manipulate"
+    _check_flow(flow, where)
+    _require_eval(flow, where)
+    arrays = {
+        "z": _checks.as_float_matrix(z, name="z", width=flow.features, where=where, width_name="flow.features"),
+        **{
+            name: _checks.as_float_matrix(
+                c, name=name, width=flow.context_features, where=where, width_name="flow.context_features"
+            )
+            for name, c in (("context", context), ("new_context", new_context))
+        },
+    }
+    _checks.same_rows(where, **arrays)
     return flow.from_noise(flow.to_noise(z, context), new_context)

@@ -27,7 +27,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from fpn_jax import _checks, checkpoint
+from fpn_jax import _checks, checkpoint, parallel
 from fpn_jax._batching import map_in_chunks
 
 Array = jax.Array
@@ -307,4 +307,5 @@ def predict(model: DigitCNN, images: Any, *, batch_size: int = 1000) -> Array:
     if images.shape[0] == 0:
         return jnp.zeros((0,), jnp.int32)
     graphdef, state = nnx.split(model)
+    state = parallel.replicate(state)
     return map_in_chunks(lambda chunk: _predict(graphdef, state, chunk), jnp.asarray(images), batch_size=batch_size)

@@ -11,6 +11,8 @@ loss. Per epoch ``e`` (counted from 0):
 * one ``jax.jit`` call runs the whole epoch as a ``lax.scan`` with the data on the device;
   the model is split once into parameters, batch statistics and the rest, and merged (with
   ``copy=True``, so batch norm can update its statistics under ``jax.grad``) in the step;
+* every batch is split over all devices and the parameters replicated (``fpn_jax.parallel``),
+  so ``batch_size`` must be a multiple of the device count;
 * the validation loss (eval mode) picks the best epoch; ``patience`` epochs without a
   better one stop the run; the model ends with the best epoch's state, in eval mode.
 
@@ -41,7 +43,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from fpn_jax import _checks, checkpoint
+from fpn_jax import _checks, checkpoint, parallel
 from fpn_jax._batching import map_in_chunks
 
 Array = jax.Array
@@ -62,6 +64,11 @@ class TrainConfig:
       max_epochs: upper bound on epochs.
       patience: stop after this many epochs without a better validation loss (None: never).
       eval_batch_size: rows per call when evaluating the validation loss.
+      nonfinite: what a step whose loss or gradient is NaN or infinite does. ``"stop"``: the
+        run stops with ``FloatingPointError`` (the model keeps its best state, the checkpoint
+        its last good epoch). ``"skip"``: that step leaves parameters, statistics and
+        optimiser state unchanged, and the run goes on; ``History.skipped_steps`` counts
+        them, and an epoch whose steps were all skipped still stops the run.
     """
 
     learning_rate: float = 1e-3
@@ -69,6 +76,7 @@ class TrainConfig:
     max_epochs: int = 100
     patience: int | None = 10
     eval_batch_size: int = 4096
+    nonfinite: str = "stop"
 
     def __post_init__(self):
         if not self.learning_rate > 0:
@@ -78,18 +86,25 @@ class TrainConfig:
         _checks.positive_int(self.eval_batch_size, name="eval_batch_size", where="TrainConfig")
         if self.patience is not None:
             _checks.positive_int(self.patience, name="patience", where="TrainConfig")
+        if self.nonfinite not in ("stop", "skip"):
+            raise ValueError(f"TrainConfig: `nonfinite` must be 'stop' or 'skip'; got {self.nonfinite!r}.")
 
 
 @dataclasses.dataclass
 class History:
     """Per-epoch mean losses, the epoch whose state was kept (-1: none), and whether early
-    stopping ended the run (a resumed run that reached ``max_epochs`` may go on with a larger one)."""
+    stopping ended the run (a resumed run that reached ``max_epochs`` may go on with a larger one).
+    ``seconds`` is the wall time of the whole run, ``epoch_seconds`` that of each training
+    epoch alone (the first includes compilation); ``skipped_steps`` the steps per epoch that
+    ``TrainConfig(nonfinite="skip")`` skipped."""
 
     train_loss: list[float]
     val_loss: list[float]
     best_epoch: int
     seconds: float
     finished: bool = False
+    epoch_seconds: list[float] = dataclasses.field(default_factory=list)
+    skipped_steps: list[int] = dataclasses.field(default_factory=list)
 
 
 def run(
@@ -129,11 +144,22 @@ def run(
     model.eval()
     eval_graph = nnx.graphdef(model)
     optimizer = optax.adam(config.learning_rate)
+    skip = config.nonfinite == "skip"
     opt_state = optimizer.init(params)
 
     n = data[0].shape[0]
-    batch = min(config.batch_size, n)
+    d = parallel.device_count()
+    if config.batch_size < n:
+        batch = config.batch_size
+        parallel.check_divisible(batch, name="batch_size", where=name)
+    elif n >= d:
+        batch = n - n % d  # a small data set: one batch of (nearly) all rows
+    else:
+        raise ValueError(f"{name}: {n} training rows cannot be split over {d} devices; use fpn_jax.parallel.use_devices.")
     steps = math.ceil(n / batch)
+    # Data parallel: parameters, optimiser state and the training set on every device; each
+    # batch split over the devices (fpn_jax.parallel); XLA all-reduces the gradient.
+    params, stats, rest, opt_state, data = parallel.replicate((params, stats, rest, opt_state, data))
 
     @jax.jit
     def train_epoch(params, stats, opt_state, data, key):
@@ -146,15 +172,24 @@ def run(
 
             def batch_loss(params):
                 merged = nnx.merge(graph, params, stats, rest, copy=True)
-                value = loss(merged, tuple(a[rows] for a in data), k)
+                value = loss(merged, parallel.constrain_rows(tuple(a[rows] for a in data)), k)
                 return value, nnx.state(merged, nnx.BatchStat)
 
-            (value, stats), grads = jax.value_and_grad(batch_loss, has_aux=True)(params)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), stats, opt_state), value
+            (value, new_stats), grads = jax.value_and_grad(batch_loss, has_aux=True)(params)
+            updates, new_opt_state = optimizer.update(grads, opt_state, params)
+            new = (optax.apply_updates(params, updates), new_stats, new_opt_state)
+            finite = jnp.isfinite(value) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+            if skip:
+                new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, (params, stats, opt_state))
+            return new, (value, finite)
 
-        carry, values = jax.lax.scan(step, (params, stats, opt_state), (order, jax.random.split(step_key, steps)))
-        return carry, jnp.mean(values)
+        carry, (values, finite) = jax.lax.scan(
+            step, (params, stats, opt_state), (order, jax.random.split(step_key, steps))
+        )
+        kept = jnp.sum(finite)
+        mean = jnp.sum(jnp.where(finite, values, 0.0)) / jnp.maximum(kept, 1) if skip else jnp.mean(values)
+        first_bad = jnp.argmin(finite)  # the first step with a non-finite loss or gradient (if any)
+        return carry, mean, steps - kept, first_bad
 
     if validation is not None:
         val_data, row_loss = validation
@@ -176,7 +211,7 @@ def run(
     if store is not None and resume:
         restored = store.restore((params, stats, opt_state, best))
         if restored is not None:
-            (params, stats, opt_state, best), history = restored
+            (params, stats, opt_state, best), history = parallel.replicate(restored)
             first_epoch = len(history.train_loss)
     best_val = min(history.val_loss, default=np.inf)
 
@@ -184,26 +219,36 @@ def run(
         range(first_epoch, config.max_epochs), desc=name, disable=not progress or history.finished,
         unit="epoch", initial=first_epoch, total=config.max_epochs,
     )
+    def _stop(what: str) -> None:
+        kept = f"epoch {history.best_epoch + 1}" if history.best_epoch >= 0 else "initialisation"
+        raise FloatingPointError(
+            f"{name}: {what}; stopped. The model keeps its state from {kept}"
+            + (f" and {store.directory} its last good epoch ({len(history.train_loss)})" if store is not None else "")
+            + ". Lower the learning rate, check the data for NaN or extreme values, or pass "
+            "TrainConfig(nonfinite='skip') to skip such steps."
+        )
+
     try:
         for epoch in [] if history.finished else epochs:
-            (params, stats, opt_state), train_loss = train_epoch(
+            epoch_start = time.perf_counter()
+            (new_params, new_stats, new_opt_state), train_loss, skipped, first_bad = train_epoch(
                 params, stats, opt_state, data, jax.random.fold_in(key, epoch)
             )
-            train_loss = float(train_loss)
-            if not math.isfinite(train_loss):
-                kept = f"epoch {history.best_epoch + 1}" if history.best_epoch >= 0 else "initialisation"
-                raise FloatingPointError(
-                    f"{name}: the training loss became {train_loss} in epoch {epoch + 1}; the model "
-                    f"keeps its state from {kept}"
-                    + (" and the checkpoint its last good epoch" if store is not None else "")
-                    + ". Lower the learning rate or check the data for NaN or extreme values."
-                )
+            train_loss, skipped = float(train_loss), int(skipped)
+            history.epoch_seconds.append(time.perf_counter() - epoch_start)
+            if skipped == steps or (skipped and not skip):
+                what = "every step" if skipped == steps else f"step {int(first_bad) + 1} of {steps}"
+                _stop(f"the training loss or its gradient became NaN or infinite in {what} of epoch {epoch + 1}")
+            params, stats, opt_state = new_params, new_stats, new_opt_state
             history.train_loss.append(train_loss)
-            postfix = {"train": f"{train_loss:.4f}"}
+            history.skipped_steps.append(skipped)
+            postfix = {"train": f"{train_loss:.4f}"} | ({"skipped": str(sum(history.skipped_steps))} if skip else {})
             if validation is None:
                 best, history.best_epoch = (params, stats), epoch
             else:
                 val_loss = validate(params, stats)
+                if not math.isfinite(val_loss):
+                    _stop(f"the validation loss became {val_loss} after epoch {epoch + 1} (the training loss is {train_loss:.4g})")
                 history.val_loss.append(val_loss)
                 if val_loss < best_val:
                     best, best_val, history.best_epoch = (params, stats), val_loss, epoch

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from fpn_jax import _checks
+
 BASELINES = ("logistic_regression", "linear_svm", "rbf_svm")
 """Names of the baseline classifiers, in the paper's order."""
 
@@ -68,8 +70,7 @@ def _latents(x: Any, *, name: str, where: str, width: int | None = None) -> np.n
         raise ValueError(
             f"{where}: argument `{name}` must have shape (N, {width}) like `z_train`; got {x.shape}."
         )
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"{where}: argument `{name}` contains NaN or infinite values.")
+    _checks.check_finite(x, name=name, where=where)
     return x
 
 

@@ -52,14 +52,26 @@ def fit(
       The training history; its losses are mean NLLs in nats per latent.
 
     Raises:
-      ValueError: bad shapes (see ``ConditionalFlow.log_prob``).
+      ValueError: bad shapes, dtypes or non-finite rows (see ``ConditionalFlow.log_prob``),
+        no training rows, or batches of one row for a flow with batch norm.
       FloatingPointError: the training NLL became NaN or infinite; the flow keeps the
         parameters of its best epoch so far.
     """
+    if not isinstance(flow, ConditionalFlow):
+        raise TypeError(f"fit: argument `flow` must be a ConditionalFlow; got {type(flow).__name__}.")
     z, context = flow._check_pair("fit", "z", z, context)
     key = _checks.check_key(key, where="fit")
+    _checks.check_training_setup(flow, config, z.shape[0], where="fit", name="z")
     if validation is not None:
-        validation = (flow._check_pair("fit (validation)", "z_val", *validation), _row_nll)
+        if not isinstance(validation, (tuple, list)) or len(validation) != 2:
+            raise ValueError(
+                "fit: argument `validation` must be a pair (z_val, context_val); "
+                f"got {type(validation).__name__}" + (f" of length {len(validation)}." if hasattr(validation, "__len__") else ".")
+            )
+        z_val, context_val = flow._check_pair("fit (validation)", "z_val", *validation)
+        if z_val.shape[0] == 0:
+            raise ValueError("fit: argument `validation` has no rows; pass None to train without validation.")
+        validation = ((z_val, context_val), _row_nll)
     return loop.run(
         flow, _batch_nll, (z, context), key=key, config=config, validation=validation,
         name=f"fit {type(flow).__name__}", progress=progress, checkpoint_dir=checkpoint_dir, resume=resume,

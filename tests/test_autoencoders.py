@@ -210,3 +210,18 @@ def test_sampled_latents_use_one_key_per_example_whatever_the_chunking():
     keys = jax.random.split(key, 7)
     np.testing.assert_allclose(z[4], np.asarray(model.encode(x[4:5], key=keys[4]))[0], atol=1e-5)
     assert np.abs(z - latents.encode(model, x)).max() > 1e-2
+
+
+def test_loss_and_training_check_their_arguments():
+    model = autoencoders.create("conv_ae")
+    with pytest.raises(ValueError, match=r"ConvAE.loss: argument `x` must hold values in \[0, 1\]; row 1 of 2"):
+        model.loss(np.stack([np.zeros((28, 28, 1)), np.full((28, 28, 1), 3.0)]).astype(np.float32), jax.random.key(0))
+    with pytest.raises(ValueError, match=r"ConvAE.loss: argument `key`"):
+        model.loss(np.zeros((2, 28, 28, 1), np.float32), 0)
+    with pytest.raises(ValueError, match=r"argument `images` has no rows"):
+        training.train(model, np.zeros((0, 28, 28, 1), np.float32), key=jax.random.key(0), progress=False)
+    with pytest.raises(ValueError, match=r"batch norm, which needs batches of at least 2 rows"):
+        training.train(model, np.zeros((1, 28, 28, 1), np.float32), key=jax.random.key(0), progress=False)
+    empty = latents.encode(autoencoders.freeze(model), np.zeros((0, 28, 28, 1), np.float32))
+    assert empty.shape == (0, 40) and empty.dtype == np.float32
+    assert latents.decode(model, np.zeros((0, 40), np.float32)).shape == (0, 28, 28, 1)

@@ -75,3 +75,68 @@ def test_fit_resumes_to_the_same_parameters(tmp_path):
     assert len(history.train_loss) == 4
     for a, b in zip(jax.tree.leaves(nnx.state(straight)), jax.tree.leaves(nnx.state(resumed)), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+
+
+def _edit_meta(path, edit):
+    import json
+
+    file = path / "meta" / "metadata"
+    meta = json.loads(file.read_text())
+    edit(meta)
+    file.write_text(json.dumps(meta))
+
+
+def _flip_a_data_byte(path):
+    data = sorted(p for p in (path / "state" / "d").iterdir())[0]
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: _edit_meta(p, lambda m: m.pop("architecture")), r"meta/metadata: corrupt checkpoint metadata: `architecture` is missing"),
+        (lambda p: _edit_meta(p, lambda m: m.__setitem__("config", [4])), r"`config` must be a dict, got list"),
+        (lambda p: _edit_meta(p, lambda m: m["config"].__setitem__("depth", 3)), r"does not build a conditional_realnvp \(TypeError: .*'depth'"),
+        (lambda p: _edit_meta(p, lambda m: m["config"].__setitem__("features", 0)), r"does not build a conditional_realnvp \(ValueError: .*`features`"),
+        (lambda p: _edit_meta(p, lambda m: m.__setitem__("architecture", "maf9")), r"unknown architecture 'maf9'"),
+        (_flip_a_data_byte, r"corrupt or incomplete"),
+        (lambda p: __import__("shutil").rmtree(p / "state"), r"corrupt or incomplete|no stored state"),
+    ],
+    ids=["no-architecture", "config-not-dict", "unknown-config-key", "invalid-config-value", "unknown-architecture",
+         "flipped-data-byte", "state-removed"],
+)
+def test_corrupt_checkpoints_name_the_folder_and_the_problem(tmp_path, damage, message):
+    path = checkpoint.save(tmp_path / "m", fpn_jax.ConditionalRealNVP(4, 2, hidden_features=8, num_layers=2, rngs=nnx.Rngs(0)))
+    damage(path)
+    with pytest.raises(checkpoint.CheckpointError, match=message) as info:
+        checkpoint.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_non_finite_parameters_are_refused_by_name(tmp_path):
+    flow = fpn_jax.ConditionalMAF(2, 2, hidden_features=4, num_layers=2, rngs=nnx.Rngs(0))
+    layer = flow.transform.layers.bijectors[1].made.final_layer
+    layer.bias[...] = layer.bias[...].at[0, 0].set(jnp.nan)
+    path = checkpoint.save(tmp_path / "diverged", flow)
+    with pytest.raises(checkpoint.CheckpointError, match=r"diverged: the stored arrays hold NaN or infinite values .* 1 parameter\(s\): .*final_layer.bias"):
+        checkpoint.load(path)
+
+
+def test_register_accepts_a_redefined_class_but_not_a_different_one():
+    def define(base):
+        @checkpoint.register("test_redefined_module")
+        class Model(base):
+            pass
+
+        return Model
+
+    first = define(nnx.Module)
+    second = define(nnx.Module)  # a notebook cell run again: same module and name
+    assert second is not first and checkpoint.architectures()["test_redefined_module"] is second
+
+    with pytest.raises(ValueError, match="'test_redefined_module' is taken"):
+        @checkpoint.register("test_redefined_module")
+        class Other(nnx.Module):
+            pass

@@ -243,3 +243,14 @@ def test_torch_is_optional(monkeypatch, tmp_path):
         read_state_dict(path)
     code = "import sys, fpn_jax.convert.nflows, fpn_jax.convert.torch_io; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_non_finite_weights_are_named(tmp_path):
+    state = reference("maf", "small").state_dict()
+    key = sorted(k for k in state if k.endswith("weight"))[0]
+    state[key] = state[key].clone()
+    state[key].view(-1)[0] = float("nan")
+    path = tmp_path / "diverged.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=rf"diverged.pt' holds NaN or infinite values .* 1 tensor\(s\): {key}\."):
+        read_state_dict(path)

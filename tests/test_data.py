@@ -422,3 +422,13 @@ def test_subset_unbalanced_and_errors():
         subset(split, 21)
     with pytest.raises(ValueError, match="`n` must be an integer >= 0; got -1"):
         subset(split, -1)
+
+
+def test_subset_and_split_argument_types():
+    split = Split(images=np.zeros((4, 2), np.float32), labels=np.arange(4, dtype=np.int32))
+    with pytest.raises(TypeError, match="subset: argument `split` must be a fpn_jax.data.Split; got tuple"):
+        subset((split.images, split.labels), 2)
+    with pytest.raises(ValueError, match="subset: `seed` must be an integer; got 0.5"):
+        subset(split, 2, seed=0.5)
+    with pytest.raises(ValueError, match="Split: `labels` must be integer class indices; got dtype float32"):
+        Split(images=np.zeros((2, 2)), labels=np.zeros(2, np.float32))

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from conftest import data, make_flow
 from fpn_jax import class_log_likelihoods, classify, manipulate
@@ -41,3 +42,21 @@ def test_manipulate_keeps_the_noise(kind):
     np.testing.assert_allclose(manipulate(flow, z, c, c), z, atol=1e-5)
     np.testing.assert_allclose(flow.to_noise(moved, target), flow.to_noise(z, c), atol=1e-5)
     assert float(jnp.abs(moved - z).max()) > 1e-3
+
+
+
+def test_posterior_is_normalised_for_extreme_latents():
+    # Regression (found by tests/test_properties.py): with log-likelihoods ~ -1e18 the old
+    # ``log_lik - logsumexp(log_lik)`` lost the log K in float32, so K tied classes each got
+    # probability 1. A MAF whose context weights are zero ties every class exactly.
+    flow = make_flow("maf", 2, context_features=3)
+    flow.eval()
+    params = nnx.state(flow, nnx.Param)
+    nnx.update(flow, jax.tree_util.tree_map_with_path(
+        lambda path, v: jnp.zeros_like(v) if "context" in jax.tree_util.keystr(path) else v, params
+    ))
+    z = np.array([[0.3, -0.2], [1e6, 1e6]], np.float32)
+    log_lik = np.asarray(class_log_likelihoods(flow, z))
+    assert (log_lik == log_lik[:, :1]).all() and log_lik[1, 0] < -1e15  # tied, and extreme
+    _, log_post = classify(flow, z)
+    np.testing.assert_allclose(np.exp(np.asarray(log_post, np.float64)), 1 / 3, rtol=1e-6)

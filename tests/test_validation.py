@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from conftest import make_flow
+import fpn_jax
 from fpn_jax import ConditionalMAF, ConditionalRealNVP, TrainConfig, classify, one_hot
 
 
@@ -90,3 +91,63 @@ def test_one_hot_and_config_errors():
         one_hot(np.array([0.0, 1.0]), 3)
     with pytest.raises(ValueError, match="`batch_size` must be an integer >= 1"):
         TrainConfig(batch_size=0)
+
+
+def test_non_finite_inputs_name_the_first_bad_row(flow):
+    z = np.zeros((6, 4), np.float32)
+    z[[3, 5], 1] = [np.inf, np.nan]
+    c = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2]]
+    for call in (lambda: flow.log_prob(z, c), lambda: flow.to_noise(z, c), lambda: classify(flow, z)):
+        with pytest.raises(ValueError, match=r"`z` must hold finite values; row 3 of 6 has an infinite value \(2 bad rows"):
+            call()
+    bad_context = c.copy()
+    bad_context[4, 0] = np.nan
+    with pytest.raises(ValueError, match=r"ConditionalMAF.sample: argument `context` must hold finite values; row 4 of 6 has NaN"):
+        flow.sample(jax.random.key(0), bad_context)
+    wide = np.zeros((2, 4))
+    wide[1, 2] = 1e300  # finite in float64, infinite once cast to float32
+    with pytest.raises(ValueError, match=r"row 1 of 2 has a value beyond float32's range"):
+        flow.log_prob(wide, c[:2])
+
+
+def test_empty_inputs_give_empty_results(flow):
+    assert flow.log_prob(np.zeros((0, 4), np.float32), np.zeros((0, 3), np.float32)).shape == (0,)
+    assert flow.sample(jax.random.key(0), np.zeros((0, 3), np.float32)).shape == (0, 4)
+    pred, log_post = classify(flow, np.zeros((0, 4), np.float32))
+    assert pred.shape == (0,) and log_post.shape == (0, 3)
+
+
+def test_a_batch_of_keys_is_refused(flow):
+    with pytest.raises(ValueError, match=r"ConditionalMAF.sample: argument `key` must be a single PRNG key.*shape \(3,\)"):
+        flow.sample(jax.random.split(jax.random.key(0), 3), C[:3])
+
+
+def test_classify_and_manipulate_arguments(flow):
+    z = np.zeros((5, 4), np.float32)
+    with pytest.raises(ValueError, match=r"classify: argument `log_prior` must hold log-probabilities.*log_prior\[1\] = nan"):
+        classify(flow, z, log_prior=np.array([0.0, np.nan, 0.0]))
+    with pytest.raises(ValueError, match=r"every class prior 0"):
+        classify(flow, z, log_prior=np.full(3, -np.inf))
+    pred, log_post = classify(flow, z, log_prior=np.array([0.0, -np.inf, -np.inf]))
+    assert (np.asarray(pred) == 0).all() and np.allclose(np.exp(log_post).sum(1), 1)
+    with pytest.raises(ValueError, match=r"class_log_likelihoods: `batch_size` must be an integer >= 1; got 0"):
+        classify(flow, z, batch_size=0)
+    # The error names `new_context`, not the `context` of the from_noise call inside.
+    with pytest.raises(ValueError, match=r"manipulate: argument `new_context` must have shape \(N, 3\)"):
+        fpn_jax.manipulate(flow, z, C, jnp.zeros((5, 2)))
+    with pytest.raises(ValueError, match=r"manipulate: arguments must have the same number of rows N"):
+        fpn_jax.manipulate(flow, z, C, C[:4])
+
+
+def test_fit_refuses_empty_data_and_single_row_batch_norm():
+    key = jax.random.key(0)
+    plain = ConditionalMAF(2, 3, hidden_features=4, num_layers=1, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"fit: argument `z` has no rows"):
+        fpn_jax.fit(plain, np.zeros((0, 2), np.float32), np.zeros((0, 3), np.float32), key=key, progress=False)
+    with pytest.raises(TypeError, match=r"fit: argument `config` must be a fpn_jax.TrainConfig"):
+        fpn_jax.fit(plain, np.zeros((4, 2), np.float32), C[:4], key=key, config={"max_epochs": 1}, progress=False)
+    with pytest.raises(ValueError, match=r"fit: argument `validation` must be a pair"):
+        fpn_jax.fit(plain, np.zeros((4, 2), np.float32), C[:4], key=key, validation=np.zeros((4, 2)), progress=False)
+    with_bn = ConditionalMAF(2, 3, hidden_features=4, num_layers=1, batch_norm_between=True, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"batch norm, which needs batches of at least 2 rows; got batch_size=1"):
+        fpn_jax.fit(with_bn, np.zeros((4, 2), np.float32), C[:4], key=key, config=TrainConfig(batch_size=1), progress=False)

@@ -3,8 +3,9 @@
     encode: x (N, *data_shape) → z (N, latent_features)     (E in the paper)
     decode: z (N, latent_features) → x (N, *data_shape)     (D in the paper)
 
-A subclass implements ``_encode(x, key)``, ``decode_logits(z)`` and ``loss(x, key)``; this
-class adds the input checks. Data need not be images: ``data_shape`` is whatever one example
+A subclass implements ``_encode(x, key)``, ``decode_logits(z)`` and ``_loss(x, key)``; this
+class adds the input checks (shapes and dtypes always; values, NaN and the [0, 1] range of
+the data, on concrete arrays, naming the first bad row). Data need not be images: ``data_shape`` is whatever one example
 is (28x28x1 for MNIST, a point cloud for ShapeNet). Frozen means eval mode (batch norm uses
 its running statistics) and no gradient: ``fpn_jax.autoencoders.load`` returns models that
 way, and ``fpn_jax.latents`` encodes and decodes under ``stop_gradient``.
@@ -54,7 +55,7 @@ class Autoencoder(nnx.Module):
         """Pre-sigmoid decoder output, (N, *data_shape)."""
         raise NotImplementedError
 
-    def loss(self, x: Array, key: Array) -> tuple[Array, dict[str, Array]]:
+    def _loss(self, x: Array, key: Array) -> tuple[Array, dict[str, Array]]:
         """Per-example training loss (N,) and named per-example parts of it for logging."""
         raise NotImplementedError
 
@@ -66,8 +67,16 @@ class Autoencoder(nnx.Module):
             key = _checks.check_key(key, where=f"{type(self).__name__}.encode")
         return self._encode(x, key)
 
+    def loss(self, x: Array, key: Array) -> tuple[Array, dict[str, Array]]:
+        """Per-example training loss (N,) of data ``x`` (N, *data_shape) in [0, 1], and named
+        per-example parts of it for logging; ``key`` drives the model's noise (the VAE's)."""
+        where = f"{type(self).__name__}.loss"
+        x = check_data(x, self.data_shape, name="x", where=where)
+        key = _checks.check_key(key, where=where)
+        return self._loss(x, key)
+
     def decode(self, z: Array) -> Array:
-        """x = D(z) = sigmoid(decoder logits), (N, *data_shape) in [0, 1]."""
+        """x = D(z) = sigmoid(decoder logits), (N, *data_shape) in [0, 1]; ``z`` finite."""
         where = f"{type(self).__name__}.decode"
         z = _checks.as_float_matrix(
             z, name="z", width=self.latent_features, where=where, width_name="latent_features"
@@ -95,15 +104,18 @@ def check_data(x: Any, data_shape: tuple[int, ...], *, name: str, where: str) ->
             f"{x.dtype} (divide uint8 images by 255)."
         )
     if not _checks.is_traced(x) and x.size:
-        flat = np.asarray(x).reshape(shape[0], -1)
-        bad = ~((flat >= 0.0) & (flat <= 1.0))  # NaN fails both comparisons
+        # NaN fails both comparisons. A device array is reduced where it lives (N booleans move).
+        xp = jnp if isinstance(x, jax.Array) else np
+        flat = x.reshape(shape[0], -1)
+        bad = ~np.asarray(xp.all((flat >= 0.0) & (flat <= 1.0), axis=1))
         if bad.any():
-            row = int(np.argmax(bad.any(axis=1)))
-            values = flat[row][~np.isnan(flat[row])]
+            row = int(np.argmax(bad))
+            values = np.asarray(flat[row], np.float64)
+            values = values[~np.isnan(values)]
             found = f"min {values.min():.4g}, max {values.max():.4g}" if values.size else "only NaN"
             nan = " and NaN" if values.size < flat.shape[1] and values.size else ""
             raise ValueError(
                 f"{where}: argument `{name}` must hold values in [0, 1]; row {row} of {shape[0]} "
-                f"has {found}{nan}."
+                f"has {found}{nan} ({int(bad.sum())} bad rows in all)."
             )
     return jnp.asarray(x, dtype=jnp.float32)

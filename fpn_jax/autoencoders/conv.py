@@ -136,7 +136,7 @@ class ConvVAE(Autoencoder):
     def decode_logits(self, z: Array) -> Array:
         return self.dec(z)
 
-    def loss(self, x: Array, key: Array) -> tuple[Array, dict[str, Array]]:
+    def _loss(self, x: Array, key: Array) -> tuple[Array, dict[str, Array]]:
         mu, logvar = self.posterior(x)
         z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape, mu.dtype)
         logits = self.decode_logits(z)
@@ -161,7 +161,7 @@ class ConvAE(Autoencoder):
     def decode_logits(self, z: Array) -> Array:
         return self.dec(z)
 
-    def loss(self, x: Array, key: Array) -> tuple[Array, dict[str, Array]]:
+    def _loss(self, x: Array, key: Array) -> tuple[Array, dict[str, Array]]:
         mse = jnp.mean((jax.nn.sigmoid(self.decode_logits(self._encode(x, None))) - x) ** 2, axis=(1, 2, 3))
         return mse, {"mse": mse}
 

@@ -55,16 +55,22 @@ def train(
       The history of mean per-batch losses (the model's ``loss``).
     """
     where = f"train({type(model).__name__})"
+    if not isinstance(model, Autoencoder):
+        raise TypeError(f"train: argument `model` must be a base model (Autoencoder); got {type(model).__name__}.")
     images = check_data(images, model.data_shape, name="images", where=where)
     key = _checks.check_key(key, where=where)
     config = config or default_config(model)
+    _checks.check_training_setup(model, config, images.shape[0], where=where, name="images")
     if validation is not None:
         key, validation_key = jax.random.split(key)
 
         def row_loss(model: Autoencoder, batch: tuple[Array]) -> Array:
             return model.loss(batch[0], validation_key)[0]
 
-        validation = ((check_data(validation, model.data_shape, name="validation", where=where),), row_loss)
+        validation = check_data(validation, model.data_shape, name="validation", where=where)
+        if validation.shape[0] == 0:
+            raise ValueError(f"{where}: argument `validation` has no rows; pass None to train without validation.")
+        validation = ((validation,), row_loss)
     return loop.run(
         model, _batch_loss, (images,), key=key, config=config, validation=validation,
         name=f"train {type(model).__name__}", progress=progress, checkpoint_dir=checkpoint_dir, resume=resume,

@@ -47,7 +47,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     Raises:
       ImportError: torch is not installed.
-      CheckpointError: the file is missing, truncated, corrupt, or holds no state dict.
+      CheckpointError: the file is missing, truncated, corrupt, holds no state dict, or
+        holds tensors with NaN or infinite values (naming them).
     """
     path = Path(path)
     if not path.is_file():
@@ -77,6 +78,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         state[str(key)] = (value.float() if value.dtype == torch.bfloat16 else value).numpy()
     if all(k.startswith("model.") for k in state):
         state = {k.removeprefix("model."): v for k, v in state.items()}
+    bad = [
+        k for k, v in state.items()
+        if np.issubdtype(v.dtype, np.inexact) and not np.isfinite(v).all()
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{str(path)!r} holds NaN or infinite values (a diverged run?) in {len(bad)} tensor(s): "
+            + ", ".join(sorted(bad, key=_natural)[:10]) + (", ..." if len(bad) > 10 else "") + "."
+        )
     return state
 
 

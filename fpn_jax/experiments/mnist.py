@@ -202,9 +202,11 @@ def evaluate_plugin(
         "test_nll_per_dim": float(-np.mean(ll_test[np.arange(len(y_test)), y_test]) / flow.features),
     }
     labels = np.repeat(np.arange(NUM_CLASSES), config.samples_per_class)
-    samples = np.asarray(flow.sample(jax.random.key(config.seed + 3), one_hot(jnp.asarray(labels), NUM_CLASSES)))
     # A sample that overflowed (the sampling direction divides by the learned scales) is
     # counted, reported, and judged wrong; it is not decoded.
+    samples = np.asarray(flow.sample(
+        jax.random.key(config.seed + 3), one_hot(jnp.asarray(labels), NUM_CLASSES), allow_overflow=True
+    ))
     finite = np.isfinite(samples).all(axis=1)
     judged = np.full(len(labels), -1)
     images = latents.decode(base_model_, samples[finite])

@@ -9,11 +9,22 @@ context, optionally embedded first by a linear map ``e(y) = y E + b`` (``embeddi
 that every layer then sees instead of ``y``.
 
 Calling convention of the public methods: ``z``/``u`` are float (N, D) arrays, ``context``
-float (N, C) one-hot or multi-hot rows, ``key`` a PRNG key. Shapes and dtypes are checked
-before tracing; a wrong one raises ``ValueError`` naming the argument. Called with concrete
-arrays, each method runs a cached, jit-compiled program (``nnx.jit``). Called inside a JAX
+float (N, C) one-hot or multi-hot rows, ``key`` a PRNG key; any float dtype is accepted and
+computed in float32, N = 0 gives empty results. Shapes and dtypes are checked before
+tracing; a wrong one raises ``ValueError`` naming the argument. With concrete arrays the
+values are checked too: a NaN, an infinity or a value beyond float32's range in ``z``, ``u``
+or ``context`` raises ``ValueError`` naming its first row, and a result that overflows
+float32 although the inputs are finite (latents far outside the training data, e.g.
+|z| ~ 1e4, or samples pushed through tiny learned scales) raises ``FloatingPointError``
+naming the rows; the sampling methods take ``allow_overflow=True`` to return such rows
+as they are instead. Precision: ``from_noise(to_noise(z))`` recovers ``z`` to float32
+precision for latents of the training data's scale; far outside it (|z| ~ 1e4) the noise →
+data direction subtracts large shifts and divides by scales down to 1e-3, and the round trip
+can be off by tens of percent while staying finite (float64 parameters would fix it). Called with concrete
+arrays, each method runs a cached, jit-compiled program (``nnx.jit``) with the rows split
+over all devices (``fpn_jax.parallel``). Called inside a JAX
 transformation (your own ``jax.jit``, ``jax.vmap``, ``jax.grad``...), it traces inline, so
-it composes with them. For hot loops, split the model once and merge inside your function::
+it composes with them; value checks are then skipped (they need the values). For hot loops, split the model once and merge inside your function::
 
     graphdef, state = nnx.split(flow)
 
@@ -35,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fpn_jax import _checks
+from fpn_jax import _checks, parallel
 from fpn_jax.flows.bijector import Bijector
 from fpn_jax.flows.nets import Linear
 from fpn_jax.flows.stack import is_training
@@ -110,7 +121,7 @@ class ConditionalFlow(nnx.Module):
         z, log_det = self.transform.forward_and_log_det(u, self.embed(context))
         return z, self.base_distribution().log_prob(u) - log_det
 
-    def _sample_and_log_prob(self, key: Array, context: Array) -> tuple[Array, Array]:
+    def _sample_and_log_prob(self, context: Array, key: Array) -> tuple[Array, Array]:
         u = self.base_distribution().sample(seed=key, sample_shape=(context.shape[0],))
         return self._from_noise_and_log_prob(u, context)
 
@@ -122,37 +133,79 @@ class ConditionalFlow(nnx.Module):
           z: (N, D) latents.
           context: (N, C) float one-hot / multi-hot rows.
           key: only needed in training mode with dropout > 0.
+
+        Raises:
+          ValueError: bad shape, dtype or (concrete inputs) a non-finite value, naming the
+            argument and its first bad row.
+          FloatingPointError: ``log p`` overflowed float32 for finite inputs (latents far
+            outside the data the flow was trained on); names the rows.
         """
+        where = f"{type(self).__name__}.log_prob"
         z, context = self._check_pair("log_prob", "z", z, context)
         if z.shape[0] < 2 and is_training(self):
             raise ValueError(
-                f"{type(self).__name__}.log_prob: training mode normalises with batch statistics "
+                f"{where}: training mode normalises with batch statistics "
                 f"and needs N >= 2 rows; got N = {z.shape[0]}. Call model.eval() to use running statistics."
             )
-        return self._dispatch("_log_prob", z, context, key)
+        if key is not None:
+            key = _checks.check_key(key, where=where)
+        out = self._dispatch("_log_prob", z, context, key=key)
+        _checks.check_overflow(out, what="log_prob", where=where, hint=_FAR_OUT)
+        return out
 
     def to_noise(self, z: Array, context: Array) -> Array:
-        """``u = T⁻¹(z | context)``, (N, D): the noise that generates ``z`` under ``context``."""
-        z, context = self._check_pair("to_noise", "z", z, context)
-        return self._dispatch("_to_noise", z, context)
+        """``u = T⁻¹(z | context)``, (N, D): the noise that generates ``z`` under ``context``.
 
-    def from_noise(self, u: Array, context: Array) -> Array:
-        """``z = T(u | context)``, (N, D)."""
+        Raises as ``log_prob``.
+        """
+        z, context = self._check_pair("to_noise", "z", z, context)
+        out = self._dispatch("_to_noise", z, context)
+        _checks.check_overflow(out, what="the noise", where=f"{type(self).__name__}.to_noise", hint=_FAR_OUT)
+        return out
+
+    def from_noise(self, u: Array, context: Array, *, allow_overflow: bool = False) -> Array:
+        """``z = T(u | context)``, (N, D).
+
+        Raises:
+          ValueError: bad shape, dtype or (concrete inputs) a non-finite value, naming the
+            argument and its first bad row.
+          RuntimeError: the flow is in training mode.
+          FloatingPointError: ``z`` overflowed float32 (noise → data divides by the learned
+            scales, down to 1e-3 per layer), naming the rows; with ``allow_overflow=True``
+            such rows are returned as they are (find them with ``np.isfinite(z).all(1)``).
+        """
         u, context = self._check_pair("from_noise", "u", u, context)
         self._check_can_sample("from_noise")
-        return self._dispatch("_from_noise", u, context)
+        out = self._dispatch("_from_noise", u, context)
+        if not allow_overflow:
+            _checks.check_overflow(out, what="z", where=f"{type(self).__name__}.from_noise", hint=_SAMPLING)
+        return out
 
-    def sample(self, key: Array, context: Array) -> Array:
-        """One sample ``z ~ p(z | context_n)`` per context row, (N, D)."""
-        return self.sample_and_log_prob(key, context)[0]
+    def sample(self, key: Array, context: Array, *, allow_overflow: bool = False) -> Array:
+        """One sample ``z ~ p(z | context_n)`` per context row, (N, D).
 
-    def sample_and_log_prob(self, key: Array, context: Array) -> tuple[Array, Array]:
-        """Samples (N, D) and their ``log p(z | context)`` (N,), in one pass."""
+        Raises as ``sample_and_log_prob``.
+        """
+        return self.sample_and_log_prob(key, context, allow_overflow=allow_overflow)[0]
+
+    def sample_and_log_prob(self, key: Array, context: Array, *, allow_overflow: bool = False) -> tuple[Array, Array]:
+        """Samples (N, D) and their ``log p(z | context)`` (N,), in one pass.
+
+        Raises:
+          ValueError: a bad ``key`` or ``context`` (shape, dtype, non-finite row).
+          RuntimeError: the flow is in training mode.
+          FloatingPointError: a sample (or its log-density) overflowed float32, naming the
+            rows; with ``allow_overflow=True`` such rows are returned as they are (find
+            them with ``np.isfinite(z).all(1)``).
+        """
         where = f"{type(self).__name__}.sample"
         key = _checks.check_key(key, where=where)
         context = self._check_context(where, context)
         self._check_can_sample("sample")
-        return self._dispatch("_sample_and_log_prob", key, context)
+        out = self._dispatch("_sample_and_log_prob", context, key=key)
+        if not allow_overflow:
+            _checks.check_overflow(out, what="the sample", where=where, hint=_SAMPLING)
+        return out
 
     # ----------------------------------------------------------------- helpers
     def _check_context(self, where: str, context: Array) -> Array:
@@ -174,14 +227,28 @@ class ConditionalFlow(nnx.Module):
                 "norm, whose noise -> data direction needs running statistics; call model.eval() first."
             )
 
-    def _dispatch(self, method: str, *args):
-        """Runs ``self.<method>(*args)`` jit-compiled, or inline when already being traced."""
-        if _checks.is_traced(args, nnx.state(self)):
-            return getattr(self, method)(*args)
-        return _jitted(method)(self, *args)
+    def _dispatch(self, method: str, *rows: Array, **kwargs: Array | None):
+        """Runs ``self.<method>(*rows, **kwargs)`` jit-compiled, or inline when already being traced.
+
+        Compiled, the rows (row-aligned arrays) are padded to a multiple of the device count and
+        split over the devices, and the module's state is replicated (``fpn_jax.parallel``).
+        """
+        if _checks.is_traced(rows, kwargs, nnx.state(self)):
+            return getattr(self, method)(*rows, **kwargs)
+        state = nnx.state(self)
+        if not parallel.is_replicated(state):
+            nnx.update(self, parallel.replicate(state))
+        return parallel.call_on_rows(functools.partial(_jitted(method), self), *rows, **kwargs)
+
+
+_FAR_OUT = "The latents probably lie far outside the data the flow was trained on."
+_SAMPLING = (
+    "Sampling divides by the learned scales (down to 1e-3 per layer); pass allow_overflow=True "
+    "to get such rows as they are and drop them with np.isfinite(z).all(axis=1)."
+)
 
 
 @functools.cache
 def _jitted(method: str):
     """One ``nnx.jit`` per core method; it caches a compilation per model structure."""
-    return nnx.jit(lambda flow, *args: getattr(flow, method)(*args))
+    return nnx.jit(lambda flow, *rows, **kwargs: getattr(flow, method)(*rows, **kwargs))

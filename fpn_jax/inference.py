@@ -46,7 +46,10 @@ def _log_likelihoods(graphdef: nnx.GraphDef, state: nnx.State, z: Array, context
     flow = nnx.merge(graphdef, state)
 
     def under(context: Array) -> Array:
-        return flow.log_prob(z, jnp.broadcast_to(context, (z.shape[0], context.shape[-1])))
+        # The context enters every layer linearly (c W + b), so one (1, C) row broadcast over
+        # the N latents gives the same densities as N copies, with each layer's context
+        # projection computed once per class instead of once per latent and class.
+        return flow._log_prob(z, context[None, :], None)
 
     return jax.vmap(under, out_axes=1)(contexts)
 

@@ -122,7 +122,6 @@ def errors() -> dict:
 if __name__ == "__main__":
     report = {"device_count": len(jax.devices())}
     report["maf"] = flow_case("maf", batch_norm=False)
-    report["rnvp"] = flow_case("rnvp", batch_norm=False)
     report["maf_bn"] = flow_case("maf", batch_norm=True)
     report["rnvp_bn"] = flow_case("rnvp", batch_norm=True)
     report["autoencoder"] = autoencoder_case()

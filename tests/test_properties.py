@@ -45,7 +45,7 @@ from fpn_jax.data import IDXFormatError, read_idx
 
 settings.register_profile(
     "fpn-properties",
-    max_examples=30,
+    max_examples=15,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],

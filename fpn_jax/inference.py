@@ -84,8 +84,6 @@ def class_log_likelihoods(
     contexts = _checks.as_float_matrix(
         contexts, name="contexts", width=flow.context_features, where=where, width_name="flow.context_features"
     )
-    if z.shape[0] == 0:
-        return jnp.zeros((0, contexts.shape[0]), jnp.float32)
     graphdef, state = nnx.split(flow)
     state, contexts = parallel.replicate((state, contexts))
     return map_in_chunks(

@@ -304,8 +304,6 @@ def predict(model: DigitCNN, images: Any, *, batch_size: int = 1000) -> Array:
     where = "predict"
     images = _check_images(images, name="images", where=where, image_shape=model.image_shape)
     batch_size = _checks.positive_int(batch_size, name="batch_size", where=where)
-    if images.shape[0] == 0:
-        return jnp.zeros((0,), jnp.int32)
     graphdef, state = nnx.split(model)
     state = parallel.replicate(state)
     return map_in_chunks(lambda chunk: _predict(graphdef, state, chunk), jnp.asarray(images), batch_size=batch_size)

@@ -81,13 +81,10 @@ def encode(model: Autoencoder, x: Array, *, key: Array | None = None, batch_size
     if key is not None:
         key = _checks.check_key(key, where=where)
     x = check_data(x, model.data_shape, name="x", where=where)
-    if x.shape[0] == 0:
-        return np.zeros((0, model.latent_features), np.float32)
     graphdef, state = nnx.split(model)
     state = parallel.replicate(state)
     if key is None:
         return np.asarray(map_in_chunks(lambda c: _encode(graphdef, state, c, None), x, batch_size=batch_size))
-    key = _checks.check_key(key, where=where)
     keys = jax.random.split(key, x.shape[0])  # one key per example: results do not depend on batch_size
     return np.asarray(map_in_chunks(
         lambda c, k: _encode_sampled(graphdef, state, c, k), x, keys, batch_size=batch_size
@@ -108,8 +105,6 @@ def decode(model: Autoencoder, z: Array, *, batch_size: int = 2048) -> np.ndarra
     _require_frozen(model, where)
     batch_size = _checks.positive_int(batch_size, name="batch_size", where=where)
     z = _checks.as_float_matrix(z, name="z", width=model.latent_features, where=where, width_name="latent_features")
-    if z.shape[0] == 0:
-        return np.zeros((0, *model.data_shape), np.float32)
     graphdef, state = nnx.split(model)
     state = parallel.replicate(state)
     return np.asarray(map_in_chunks(lambda c: _decode(graphdef, state, c), z, batch_size=batch_size))

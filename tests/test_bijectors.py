@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from conftest import perturb
+from fpn_jax.flows.scale import softplus
 from fpn_jax.flows import (
     AffineCoupling,
     BatchNormBijector,
@@ -103,3 +104,21 @@ def test_repeat_stacks_parameters_and_alternates_parity():
     kernel = r.layers.net.initial_layer.kernel[...]
     assert kernel.shape == (4, D + C, 8)
     assert not np.allclose(kernel[0], kernel[1])  # each layer has its own parameters
+
+
+def test_softplus_matches_jax_to_a_few_ulp():
+    """The scale's softplus (Goldberg's log1p) against float64 and its derivative against sigmoid.
+    XLA simplifying ``(1 + e) - 1`` to ``e`` would make small-e values off by millions of ulp."""
+    a = np.concatenate([np.linspace(-80, 80, 200_001), np.random.default_rng(0).standard_normal(100_000) * 5])
+    a = a.astype(np.float32)
+    a64 = a.astype(np.float64)
+    exact = np.logaddexp(a64, 0.0)
+    ulp = np.finfo(np.float32).eps
+    for fn in (softplus, jax.jit(softplus)):
+        ours = np.asarray(fn(jnp.asarray(a)), np.float64)
+        assert np.max(np.abs(ours - exact) / exact) < 4 * ulp
+    slope = np.asarray(jax.jit(jax.vmap(jax.grad(softplus)))(jnp.asarray(a)), np.float64)
+    sigmoid = 1.0 / (1.0 + np.exp(-a64))
+    kept = sigmoid > 1e-30  # below, float32 flushes to zero
+    assert np.max(np.abs(slope - sigmoid)[kept] / sigmoid[kept]) < 4 * ulp
+    np.testing.assert_array_equal(np.asarray(softplus(jnp.asarray([-200.0, 0.0, 200.0]))), [0.0, np.log(2.0).astype(np.float32), 200.0])

@@ -175,8 +175,7 @@ class ConditionalFlow(nnx.Module):
             such rows are returned as they are (find them with ``np.isfinite(z).all(1)``).
         """
         u, context = self._check_pair("from_noise", "u", u, context)
-        self._check_can_sample("from_noise")
-        out = self._dispatch("_from_noise", u, context)
+        out = self._dispatch("_from_noise", u, context, sampling="from_noise")
         if not allow_overflow:
             _checks.check_overflow(out, what="z", where=f"{type(self).__name__}.from_noise", hint=_SAMPLING)
         return out
@@ -201,8 +200,7 @@ class ConditionalFlow(nnx.Module):
         where = f"{type(self).__name__}.sample"
         key = _checks.check_key(key, where=where)
         context = self._check_context(where, context)
-        self._check_can_sample("sample")
-        out = self._dispatch("_sample_and_log_prob", context, key=key)
+        out = self._dispatch("_sample_and_log_prob", context, key=key, sampling="sample")
         if not allow_overflow:
             _checks.check_overflow(out, what="the sample", where=where, hint=_SAMPLING)
         return out
@@ -220,25 +218,39 @@ class ConditionalFlow(nnx.Module):
         _checks.same_rows(where, **{name: x, "context": context})
         return x, context
 
-    def _check_can_sample(self, method: str) -> None:
-        if is_training(self):
+    def _check_can_sample(self, method: str, training: bool) -> None:
+        if training:
             raise RuntimeError(
                 f"{type(self).__name__}.{method}: the model is in training mode and uses batch "
                 "norm, whose noise -> data direction needs running statistics; call model.eval() first."
             )
 
-    def _dispatch(self, method: str, *rows: Array, **kwargs: Array | None):
+    def _dispatch(self, method: str, *rows: Array, sampling: str | None = None, **kwargs: Array | None):
         """Runs ``self.<method>(*rows, **kwargs)`` jit-compiled, or inline when already being traced.
 
         Compiled, the rows (row-aligned arrays) are padded to a multiple of the device count and
         split over the devices, and the module's state is replicated (``fpn_jax.parallel``).
+        ``sampling`` names a public sampling method, which needs eval mode.
+
+        The module is traversed once (``nnx.split``, about 0.5 ms); in eval mode the split
+        state goes straight into a ``jax.jit`` function of ``(graphdef, state, rows)``, which
+        costs about a third of ``nnx.jit``'s own traversals (2.5 → 1 ms per call). Training
+        mode (batch norm updating its statistics in place) keeps ``nnx.jit``.
         """
-        if _checks.is_traced(rows, kwargs, nnx.state(self)):
+        graphdef, state = nnx.split(self)
+        if _checks.is_traced(rows, kwargs, state):
+            if sampling is not None:
+                self._check_can_sample(sampling, is_training(self))
             return getattr(self, method)(*rows, **kwargs)
-        state = nnx.state(self)
+        training = _is_training(graphdef, self)
+        if sampling is not None:
+            self._check_can_sample(sampling, training)
         if not parallel.is_replicated(state):
-            nnx.update(self, parallel.replicate(state))
-        return parallel.call_on_rows(functools.partial(_jitted(method), self), *rows, **kwargs)
+            state = parallel.replicate(state)
+            nnx.update(self, state)
+        if training:
+            return parallel.call_on_rows(functools.partial(_jitted(method), self), *rows, **kwargs)
+        return parallel.call_on_rows(functools.partial(_pure(method), graphdef, state), *rows, **kwargs)
 
 
 _FAR_OUT = "The latents probably lie far outside the data the flow was trained on."
@@ -252,3 +264,28 @@ _SAMPLING = (
 def _jitted(method: str):
     """One ``nnx.jit`` per core method; it caches a compilation per model structure."""
     return nnx.jit(lambda flow, *rows, **kwargs: getattr(flow, method)(*rows, **kwargs))
+
+
+@functools.cache
+def _pure(method: str):
+    """``method`` as a pure ``jax.jit`` function of ``(graphdef, state, *rows, **kwargs)``,
+    for modules whose state the method does not change (eval mode)."""
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def run(graphdef: nnx.GraphDef, state: nnx.State, *rows: Array, **kwargs: Array | None):
+        return getattr(nnx.merge(graphdef, state), method)(*rows, **kwargs)
+
+    return run
+
+
+_TRAINING: dict[nnx.GraphDef, bool] = {}
+
+
+def _is_training(graphdef: nnx.GraphDef, module: nnx.Module) -> bool:
+    """``is_training(module)``, cached by graph definition (batch norm's mode is a static
+    attribute, part of the graphdef): the module walk costs about 0.7 ms."""
+    if graphdef not in _TRAINING:
+        if len(_TRAINING) > 256:
+            _TRAINING.clear()
+        _TRAINING[graphdef] = is_training(module)
+    return _TRAINING[graphdef]

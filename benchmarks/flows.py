@@ -51,7 +51,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from fpn_jax import inference, train
+from fpn_jax import _compiler, inference, train
 from fpn_jax.flows import ConditionalMAF, ConditionalRealNVP
 
 METRICS = ("train", "log_prob", "sample", "classify")
@@ -164,7 +164,7 @@ def make_train_step(flow, learning_rate: float = 1e-3):
     flow.eval()
     optimizer = optax.adam(learning_rate)
 
-    @jax.jit
+    @_compiler.jit  # with the library's compiler options, as fpn_jax.loop compiles it
     def step(state, z, context, key):
         params, stats, opt_state = state
 

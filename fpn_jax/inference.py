@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fpn_jax import _checks, parallel
+from fpn_jax import _checks, _compiler, parallel
 from fpn_jax._batching import map_in_chunks
 from fpn_jax.flows.flow import ConditionalFlow
 from fpn_jax.flows.stack import is_training
@@ -41,7 +41,6 @@ def _require_eval(flow: ConditionalFlow, where: str) -> None:
         raise RuntimeError(f"{where}: the flow is in training mode (batch statistics); call flow.eval() first.")
 
 
-@functools.partial(jax.jit, static_argnums=0)
 def _log_likelihoods(graphdef: nnx.GraphDef, state: nnx.State, z: Array, contexts: Array) -> Array:
     flow = nnx.merge(graphdef, state)
 
@@ -52,6 +51,12 @@ def _log_likelihoods(graphdef: nnx.GraphDef, state: nnx.State, z: Array, context
         return flow._log_prob(z, context[None, :], None)
 
     return jax.vmap(under, out_axes=1)(contexts)
+
+
+@functools.cache
+def _log_likelihoods_jit():
+    """``_log_likelihoods`` jit-compiled (created at first use, see ``fpn_jax._compiler``)."""
+    return _compiler.jit(_log_likelihoods, static_argnums=0)
 
 
 @_checks.overflow_checked(
@@ -87,7 +92,7 @@ def class_log_likelihoods(
     graphdef, state = nnx.split(flow)
     state, contexts = parallel.replicate((state, contexts))
     return map_in_chunks(
-        lambda chunk: _log_likelihoods(graphdef, state, chunk, contexts), z, batch_size=batch_size
+        lambda chunk: _log_likelihoods_jit()(graphdef, state, chunk, contexts), z, batch_size=batch_size
     )
 
 

@@ -43,7 +43,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from fpn_jax import _checks, checkpoint, parallel
+from fpn_jax import _checks, _compiler, checkpoint, parallel
 from fpn_jax._batching import map_in_chunks
 
 Array = jax.Array
@@ -161,7 +161,7 @@ def run(
     # batch split over the devices (fpn_jax.parallel); XLA all-reduces the gradient.
     params, stats, rest, opt_state, data = parallel.replicate((params, stats, rest, opt_state, data))
 
-    @jax.jit
+    @_compiler.jit
     def train_epoch(params, stats, opt_state, data, key):
         perm_key, step_key = jax.random.split(key)
         order = jnp.resize(jax.random.permutation(perm_key, n), (steps, batch))
@@ -194,7 +194,7 @@ def run(
     if validation is not None:
         val_data, row_loss = validation
 
-        @jax.jit
+        @_compiler.jit
         def eval_rows(params, stats, *chunk):
             return row_loss(nnx.merge(eval_graph, params, stats, rest), chunk)
 

@@ -140,7 +140,7 @@ def test_log_prob_and_classification_trace_once(cls, trace_counter):
     values = [flow.log_prob(z, c) for z, c in _batches(37, 6, 4)]
     assert trace_counter["n"] == 1
     assert not np.allclose(values[0], values[1])
-    before = inference._log_likelihoods._cache_size()
+    before = inference._log_likelihoods_jit()._cache_size()
     for z, _ in _batches(37, 6, 4):
         inference.classify(flow, z, batch_size=37)
-    assert inference._log_likelihoods._cache_size() == before + 1
+    assert inference._log_likelihoods_jit()._cache_size() == before + 1

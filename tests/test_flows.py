@@ -133,7 +133,8 @@ def test_pure_functions_after_one_split(flow_kind):
         return nnx.merge(graphdef, state).log_prob(z, c)
 
     z, c = data(3)
-    np.testing.assert_allclose(log_prob(state, z, c), flow.log_prob(z, c), atol=1e-6)
+    # The public path compiles with fpn_jax._compiler's options: other kernels, other rounding.
+    np.testing.assert_allclose(log_prob(state, z, c), flow.log_prob(z, c), rtol=1e-5, atol=1e-5)
     log_prob(state, z + 1.0, c)
     assert len(traces) == 1  # new batch contents, no retrace
 

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fpn_jax import _checks, parallel
+from fpn_jax import _checks, _compiler, parallel
 from fpn_jax.flows.bijector import Bijector
 from fpn_jax.flows.nets import Linear
 from fpn_jax.flows.stack import is_training
@@ -271,11 +271,10 @@ def _pure(method: str):
     """``method`` as a pure ``jax.jit`` function of ``(graphdef, state, *rows, **kwargs)``,
     for modules whose state the method does not change (eval mode)."""
 
-    @functools.partial(jax.jit, static_argnums=0)
     def run(graphdef: nnx.GraphDef, state: nnx.State, *rows: Array, **kwargs: Array | None):
         return getattr(nnx.merge(graphdef, state), method)(*rows, **kwargs)
 
-    return run
+    return _compiler.jit(run, static_argnums=0)
 
 
 _TRAINING: dict[nnx.GraphDef, bool] = {}

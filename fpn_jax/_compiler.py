@@ -1,0 +1,56 @@
+"""XLA compiler options for fpn-jax's jitted flow programs.
+
+On CPU, XLA (jaxlib 0.10) hands matrix products and elementwise work to YNNPACK fusions by
+default. For the plugin flows' narrow dense layers they were slower than XLA's own kernels,
+measured on the 2-core benchmark machine (``benchmarks/README.md``): a (10,000 × 10) @ (10 × 40)
+context product took 363 µs with them and 124 µs without, and switching them off sped up
+MNIST-sized log-probs by 8-30 % and training steps by 20-30 %, while ShapeNet's 1024-wide
+layers were unchanged. So every jitted flow program (public flow methods, classification,
+training epochs) compiles with ``xla_cpu_experimental_ynn_fusion_type=""`` (no YNNPACK
+fusions). The option only concerns the CPU backend; other backends ignore it.
+
+``compiler_options()`` checks once that this XLA knows the option (by compiling a trivial
+program) and returns ``{}`` otherwise, so a jaxlib that renamed it still works, only without
+the tuning.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+CPU_OPTIONS: dict[str, str] = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.cache
+def compiler_options() -> dict[str, str]:
+    """The options to pass as ``jax.jit(..., compiler_options=...)``; ``{}`` where unsupported."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=CPU_OPTIONS).lower(jnp.zeros(())).compile()
+    except Exception:  # an XLA without this (experimental) option
+        return {}
+    return dict(CPU_OPTIONS)
+
+
+def jit(fn: Callable[..., Any], **kwargs: Any) -> Callable[..., Any]:
+    """``jax.jit(fn, **kwargs)`` with ``compiler_options()``.
+
+    Compiler options only apply to a top-level program, so a call made while tracing (inside
+    the caller's ``jax.jit``, ``jax.eval_shape``...) goes to a plain ``jax.jit(fn, **kwargs)``
+    and becomes part of the caller's program. Create the function when it is needed (at
+    first use), not at import: the check in ``compiler_options`` starts JAX's backend.
+    """
+    tuned = jax.jit(fn, compiler_options=compiler_options() or None, **kwargs)
+    plain = jax.jit(fn, **kwargs)
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kw: Any) -> Any:
+        traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kw)))
+        return (plain if traced else tuned)(*args, **kw)
+
+    call._cache_size = tuned._cache_size  # type: ignore[attr-defined]  # (compilations, for tests)
+    return call

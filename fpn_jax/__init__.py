@@ -11,6 +11,7 @@ Data flows one way through the subpackages::
 """
 
 from fpn_jax import autoencoders, checkpoint, data, latents, parallel
+from fpn_jax._compiler import compiler_options
 from fpn_jax.context import one_hot
 from fpn_jax.flows import ConditionalFlow, ConditionalMAF, ConditionalRealNVP
 from fpn_jax.inference import class_log_likelihoods, classify, manipulate
@@ -24,6 +25,7 @@ __all__ = [
     "TrainConfig",
     "class_log_likelihoods",
     "classify",
+    "compiler_options",
     "fit",
     "manipulate",
     "one_hot",

@@ -5,10 +5,12 @@ default. For the plugin flows' narrow dense layers they were slower than XLA's o
 measured on the 2-core benchmark machine (``benchmarks/README.md``): a (10,000 × 10) @ (10 × 40)
 context product took 363 µs with them and 124 µs without, and switching them off sped up
 MNIST-sized log-probs by 8-21 % and training steps by 19-27 %, while ShapeNet's 1024-wide
-layers and the ConvVAE's training step were unchanged. C-MAF sampling's small
-degree-by-degree steps were faster with them and keep them (``untuned_methods``). So every jitted flow program (public flow methods, classification,
-training epochs) compiles with ``xla_cpu_experimental_ynn_fusion_type=""`` (no YNNPACK
-fusions). The option only concerns the CPU backend; other backends ignore it.
+layers and the ConvVAE's training step were unchanged. So the jitted flow programs (public
+flow methods, classification, training epochs) compile with
+``xla_cpu_experimental_ynn_fusion_type=""`` (no YNNPACK fusions); C-MAF sampling's small
+degree-by-degree steps were faster with YNNPACK and keep the default
+(``ConditionalFlow.untuned_methods``). The option only concerns the CPU backend; other
+backends ignore it.
 
 ``compiler_options()`` checks once that this XLA knows the option (by compiling a trivial
 program) and returns ``{}`` otherwise, so a jaxlib that renamed it still works, only without

@@ -26,6 +26,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from fpn_jax import _checks
+
 CPU_OPTIONS: dict[str, str] = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
@@ -52,8 +54,7 @@ def jit(fn: Callable[..., Any], **kwargs: Any) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def call(*args: Any, **kw: Any) -> Any:
-        traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kw)))
-        return (plain if traced else tuned)(*args, **kw)
+        return (plain if _checks.is_traced(args, kw) else tuned)(*args, **kw)
 
     call._cache_size = tuned._cache_size  # type: ignore[attr-defined]  # (compilations, for tests)
     return call

@@ -60,7 +60,6 @@ def _median_time(fn, repeats: int) -> float:
 def measure(count: int, sizes: Sizes) -> dict[str, float]:
     """Examples per second of each task on the first ``count`` devices of this process."""
     import jax
-    import jax.numpy as jnp
     from flax import nnx
 
     from fpn_jax import ConditionalMAF, TrainConfig, autoencoders, classify, fit, latents, parallel
@@ -137,7 +136,9 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--platform", choices=["cpu", "gpu", "tpu"], default="cpu")
-    parser.add_argument("--counts", type=int, nargs="+", help="device counts (default 1 2 4 8 on CPU; powers of 2 otherwise)")
+    parser.add_argument(
+        "--counts", type=int, nargs="+", help="device counts (default 1 2 4 8 on CPU; powers of 2 otherwise)"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="small sizes and d = 1, 2")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder for scaling_<platform>.{json,md}")

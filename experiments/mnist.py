@@ -10,45 +10,51 @@ the judge CNN are cached (see --cache-dir), so a second run only trains the plug
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from fpn_jax.data import DatasetUnavailableError, IDXFormatError
+from fpn_jax.evaluation.report import headline_table
 from fpn_jax.experiments import mnist
 
 
 def parse(argv: list[str] | None = None) -> mnist.Config:
+    """The command line as a ``mnist.Config``: the defaults, the quick overlay with --quick, then the flags."""
+    full, fast = mnist.Config(), mnist.quick()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", help="folder with the four MNIST IDX files (default: tensorflow-datasets)")
-    p.add_argument("--out", default=None, help="run folder (default runs/mnist, or runs/mnist-quick with --quick)")
+    p.add_argument("--out", help=f"run folder (default {full.out}, or {fast.out} with --quick)")
     p.add_argument("--base", choices=mnist.BASES, help="only this base model")
     p.add_argument("--plugin", choices=mnist.PLUGINS, help="only this plugin")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help=f"one seed for data split, training and sampling (default {full.seed})")
     p.add_argument("--quick", action="store_true", help="small subset, short training: checks the pipeline")
     p.add_argument("--cache-dir", help="where trained base models and the judge are kept")
-    p.add_argument("--base-epochs", type=int, default=mnist.Config.base_epochs)
-    p.add_argument("--plugin-epochs", type=int, help=f"default {mnist.Config.plugin_epochs}, or 15 with --quick")
-    p.add_argument("--vae-sample-latents", action="store_true", help="encode z ~ q(z|x) (the original code) not the mean")
-    p.add_argument("--grid-search", action="store_true", help="the paper's 5-fold grid search for the baselines")
+    p.add_argument("--base-epochs", type=int, help=f"default {full.base_epochs}, or {fast.base_epochs} with --quick")
+    p.add_argument("--plugin-epochs", type=int,
+                   help=f"default {full.plugin_epochs}, or {fast.plugin_epochs} with --quick")
+    p.add_argument("--vae-sample-latents", action="store_true", default=None,
+                   help="encode z ~ q(z|x) (the original code) not the mean")
+    p.add_argument("--grid-search", action="store_true", default=None,
+                   help="the paper's 5-fold grid search for the baselines")
     a = p.parse_args(argv)
-    return mnist.Config(
-        data_dir=a.data_dir, out=a.out or ("runs/mnist-quick" if a.quick else "runs/mnist"),
-        bases=(a.base,) if a.base else mnist.BASES, plugins=(a.plugin,) if a.plugin else mnist.PLUGINS,
-        seed=a.seed, quick=a.quick, cache_dir=a.cache_dir, base_epochs=a.base_epochs,
-        plugin_epochs=a.plugin_epochs or (15 if a.quick else mnist.Config.plugin_epochs), vae_sample_latents=a.vae_sample_latents, grid_search=a.grid_search,
-        samples_per_class=100 if a.quick else 1000,
-    )
+    flags = {
+        "data_dir": a.data_dir, "out": a.out, "bases": (a.base,) if a.base else None,
+        "plugins": (a.plugin,) if a.plugin else None, "seed": a.seed, "cache_dir": a.cache_dir,
+        "base_epochs": a.base_epochs, "plugin_epochs": a.plugin_epochs,
+        "vae_sample_latents": a.vae_sample_latents, "grid_search": a.grid_search,
+    }
+    config = fast if a.quick else full
+    return dataclasses.replace(config, **{name: value for name, value in flags.items() if value is not None})
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse(argv)
     try:
-        results = mnist.run(config)
+        results = mnist.train_and_evaluate(config, config.out)
     except (DatasetUnavailableError, IDXFormatError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"\nwrote {config.out}/report.md and metrics.json\n")
-    from fpn_jax.experiments.report import headline_table
-
     print(headline_table(results))
     return 0
 

@@ -4,7 +4,7 @@ A checkpoint folder holds two orbax items:
 
 * ``state``: every ``nnx.Variable`` of the module (parameters, batch-norm statistics...);
 * ``meta``: JSON ``{"format", "architecture", "config", "extra"}``. ``architecture`` is a
-  name registered with ``register`` and ``config`` the constructor's keyword arguments, so
+  name registered with ``register`` (``fpn_jax.registry``) and ``config`` the constructor's keyword arguments, so
   ``load(path)`` rebuilds the module without the caller knowing what it was.
 
 Writes are atomic: orbax writes into a temporary folder and renames it when complete, and
@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,46 +26,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from fpn_jax.errors import CheckpointError
+from fpn_jax.registry import architectures, build, register
+
 FORMAT = "fpn-jax/1"
-_ARCHITECTURES: dict[str, Callable[..., nnx.Module]] = {}
 
-
-class CheckpointError(ValueError):
-    """A checkpoint (or a file to convert) is missing, corrupt, or for another architecture."""
-
-
-def register(name: str) -> Callable[[type], type]:
-    """Class decorator: ``@register("conv_vae")`` makes ``load`` able to rebuild the class.
-
-    The class must take its configuration as keyword arguments plus ``rngs`` and return
-    them (JSON-able) from ``self.config``.
-    """
-
-    def decorate(cls: type) -> type:
-        taken = _ARCHITECTURES.get(name, cls)
-        # The same class defined again (a notebook cell run twice, a reloaded module) replaces it.
-        redefined = (taken.__module__, taken.__qualname__) == (cls.__module__, cls.__qualname__)
-        if taken is not cls and not redefined:
-            raise ValueError(f"register: the architecture name {name!r} is taken by {_ARCHITECTURES[name]}.")
-        _ARCHITECTURES[name] = cls
-        cls.architecture = name
-        return cls
-
-    return decorate
-
-
-def architectures() -> dict[str, Callable[..., nnx.Module]]:
-    """The registered architecture names and their classes."""
-    _import_builtin()
-    return dict(_ARCHITECTURES)
-
-
-def build(architecture: str, config: dict[str, Any], *, rngs: nnx.Rngs) -> nnx.Module:
-    """A fresh module of a registered architecture."""
-    known = architectures()
-    if architecture not in known:
-        raise CheckpointError(f"unknown architecture {architecture!r}; registered: {sorted(known)}.")
-    return known[architecture](**config, rngs=rngs)
+__all__ = ["CheckpointError", "architectures", "build", "load", "read_meta", "register", "save"]
 
 
 def save(path: str | os.PathLike, module: nnx.Module, *, extra: dict[str, Any] | None = None,
@@ -148,7 +113,8 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{file}: corrupt checkpoint metadata ({error}).") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{file}: unknown checkpoint format {meta.get('format') if isinstance(meta, dict) else meta!r}; expected {FORMAT!r}.")
+        found = meta.get("format") if isinstance(meta, dict) else meta
+        raise CheckpointError(f"{file}: unknown checkpoint format {found!r}; expected {FORMAT!r}.")
     kinds = {"architecture": str, "config": dict, "extra": dict}
     problems = [
         f"`{k}` is missing" if k not in meta else f"`{k}` must be a {t.__name__}, got {type(meta[k]).__name__}"
@@ -230,7 +196,9 @@ def _check_shapes(path: Path, target: dict, architecture: str) -> None:
             f"incomplete ({type(error).__name__}: {_first_line(error)})."
         ) from None
     if stored is None:
-        raise CheckpointError(f"{path}: the checkpoint has no stored state ({path / 'state'} is missing or incomplete).")
+        raise CheckpointError(
+            f"{path}: the checkpoint has no stored state ({path / 'state'} is missing or incomplete)."
+        )
     expected = {_key(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(target)}
     actual = {_key(p): tuple(getattr(v, "shape", ())) for p, v in jax.tree_util.tree_leaves_with_path(stored)}
     problems = [f"missing: {k} (expected shape {expected[k]})" for k in sorted(expected.keys() - actual.keys())]
@@ -255,11 +223,3 @@ def _checkpointer() -> ocp.Checkpointer:
 
 def _key(path: tuple) -> str:
     return ".".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
-
-
-def _import_builtin() -> None:
-    """Registers fpn-jax's own architectures (importing their modules runs ``register``)."""
-    import fpn_jax.autoencoders  # noqa: F401
-    import fpn_jax.flows  # noqa: F401
-    import fpn_jax.judge  # noqa: F401
-

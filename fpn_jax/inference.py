@@ -19,13 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jaxtyping import Float
 
-from fpn_jax import _checks, _compiler, parallel
-from fpn_jax._batching import map_in_chunks
+from fpn_jax import validation as checks
 from fpn_jax.flows.flow import ConditionalFlow
-from fpn_jax.flows.stack import is_training
-
-Array = jax.Array
+from fpn_jax.nn.mode import is_training
+from fpn_jax.runtime import compiler, mesh
+from fpn_jax.runtime.chunks import map_in_chunks
+from fpn_jax.typing import Array, ClassLogLikelihoods, Context, Contexts, Labels, Latents
 
 
 def _check_flow(flow: ConditionalFlow, where: str) -> None:
@@ -55,17 +56,17 @@ def _log_likelihoods(graphdef: nnx.GraphDef, state: nnx.State, z: Array, context
 
 @functools.cache
 def _log_likelihoods_jit():
-    """``_log_likelihoods`` jit-compiled (created at first use, see ``fpn_jax._compiler``)."""
-    return _compiler.jit(_log_likelihoods, static_argnums=0)
+    """``_log_likelihoods`` jit-compiled (created at first use, see ``fpn_jax.runtime.compiler``)."""
+    return compiler.jit(_log_likelihoods, static_argnums=0)
 
 
-@_checks.overflow_checked(
+@checks.overflow_checked(
     what="log p(z | contexts_k)", where="class_log_likelihoods",
     hint="The latents probably lie far outside the data the flow was trained on.",
 )
 def class_log_likelihoods(
-    flow: ConditionalFlow, z: Array, contexts: Array | None = None, *, batch_size: int = 2048
-) -> Array:
+    flow: ConditionalFlow, z: Latents, contexts: Contexts | None = None, *, batch_size: int = 2048
+) -> ClassLogLikelihoods:
     """``log p(z_n | contexts_k)`` for every latent and every candidate context, (N, K).
 
     Args:
@@ -81,16 +82,16 @@ def class_log_likelihoods(
     """
     where = "class_log_likelihoods"
     _check_flow(flow, where)
-    batch_size = _checks.positive_int(batch_size, name="batch_size", where=where)
+    batch_size = checks.positive_int(batch_size, name="batch_size", where=where)
     _require_eval(flow, where)
-    z = _checks.as_float_matrix(z, name="z", width=flow.features, where=where, width_name="flow.features")
+    z = checks.as_float_matrix(z, name="z", width=flow.features, where=where, width_name="flow.features")
     if contexts is None:
         contexts = jnp.eye(flow.context_features)
-    contexts = _checks.as_float_matrix(
+    contexts = checks.as_float_matrix(
         contexts, name="contexts", width=flow.context_features, where=where, width_name="flow.context_features"
     )
     graphdef, state = nnx.split(flow)
-    state, contexts = parallel.replicate((state, contexts))
+    state, contexts = mesh.replicate((state, contexts))
     return map_in_chunks(
         lambda chunk: _log_likelihoods_jit()(graphdef, state, chunk, contexts), z, batch_size=batch_size
     )
@@ -98,11 +99,11 @@ def class_log_likelihoods(
 
 def classify(
     flow: ConditionalFlow,
-    z: Array,
+    z: Latents,
     *,
-    log_prior: Array | None = None,
+    log_prior: Float[Array, " C"] | None = None,
     batch_size: int = 2048,
-) -> tuple[Array, Array]:
+) -> tuple[Labels, ClassLogLikelihoods]:
     """Bayes' rule over the C one-hot classes: ``p(k | z) ∝ p(z | k) p(k)``.
 
     Args:
@@ -143,7 +144,7 @@ def _check_log_prior(flow: ConditionalFlow, log_prior: Array) -> Array:
             f"classify: argument `log_prior` must have shape ({flow.context_features},); "
             f"got {tuple(log_prior.shape)}."
         )
-    if not _checks.is_traced(log_prior):
+    if not checks.is_traced(log_prior):
         host = np.asarray(log_prior, np.float64)
         bad = np.flatnonzero(np.isnan(host) | (host == np.inf))
         if bad.size:
@@ -156,12 +157,14 @@ def _check_log_prior(flow: ConditionalFlow, log_prior: Array) -> Array:
     return jnp.asarray(log_prior, jnp.float32)
 
 
-def manipulate(flow: ConditionalFlow, z: Array, context: Array, new_context: Array) -> Array:
+def manipulate(flow: ConditionalFlow, z: Latents, context: Context, new_context: Context) -> Latents:
     """``z' = T(T⁻¹(z | context) | new_context)``: keep the noise, change the condition.
 
     Args:
       flow: a conditional flow in eval mode.
-      z: (N, D) latents, ``context`` (N, C) their contexts, ``new_context`` (N, C) the targets.
+      z: (N, D) latents.
+      context: (N, C) the latents' contexts.
+      new_context: (N, C) the target contexts.
 
     Raises:
       ValueError: bad shapes, dtypes or non-finite rows, naming the argument.
@@ -172,13 +175,13 @@ def manipulate(flow: ConditionalFlow, z: Array, context: Array, new_context: Arr
     _check_flow(flow, where)
     _require_eval(flow, where)
     arrays = {
-        "z": _checks.as_float_matrix(z, name="z", width=flow.features, where=where, width_name="flow.features"),
+        "z": checks.as_float_matrix(z, name="z", width=flow.features, where=where, width_name="flow.features"),
         **{
-            name: _checks.as_float_matrix(
+            name: checks.as_float_matrix(
                 c, name=name, width=flow.context_features, where=where, width_name="flow.context_features"
             )
             for name, c in (("context", context), ("new_context", new_context))
         },
     }
-    _checks.same_rows(where, **arrays)
+    checks.same_rows(where, **arrays)
     return flow.from_noise(flow.to_noise(z, context), new_context)

@@ -24,7 +24,7 @@ def perturb(module: nnx.Module, key: jax.Array, scale: float = 0.3) -> nnx.Modul
     leaves, treedef = jax.tree.flatten_with_path(state)
     keys = jax.random.split(key, len(leaves))
     new = []
-    for (path, leaf), k in zip(leaves, keys):
+    for (path, leaf), k in zip(leaves, keys, strict=True):
         noise = scale * jax.random.normal(k, leaf.shape, leaf.dtype)
         is_var = "var" in str(path[-1])
         new.append(leaf * jnp.exp(noise) if is_var else leaf + noise)
@@ -53,6 +53,8 @@ def data(features: int, context_features: int = 3, n: int = 8, seed: int = 1):
     return z, jax.nn.one_hot(labels, context_features)
 
 
-@pytest.fixture(params=[(k, bn) for k in FLOWS for bn in (False, True)], ids=lambda p: f"{p[0]}-{'bn' if p[1] else 'nobn'}")
+@pytest.fixture(
+    params=[(k, bn) for k in FLOWS for bn in (False, True)], ids=lambda p: f"{p[0]}-{'bn' if p[1] else 'nobn'}"
+)
 def flow_kind(request):
     return request.param

@@ -15,7 +15,6 @@ import numpy as np
 from flax import nnx
 
 from fpn_jax import ConditionalMAF, TrainConfig, autoencoders, fit, one_hot
-from fpn_jax.autoencoders import training
 
 
 def main(kind: str, directory: str, out: str, epochs: int) -> None:
@@ -26,13 +25,13 @@ def main(kind: str, directory: str, out: str, epochs: int) -> None:
         z = jax.random.normal(kz, (512, 4)) + one_hot(labels, 4)
         model = ConditionalMAF(4, 3, hidden_features=16, num_layers=2, batch_norm_within=True,
                                batch_norm_between=True, dropout=0.1, rngs=nnx.Rngs(0))
-        fit(model, z, one_hot(labels, 3), key=jax.random.key(1), config=config, validation=(z[:64], one_hot(labels[:64], 3)),
-            progress=False, checkpoint_dir=directory)
+        fit(model, z, one_hot(labels, 3), key=jax.random.key(1), config=config,
+            validation=(z[:64], one_hot(labels[:64], 3)), progress=False, checkpoint_dir=directory)
     else:
         images = jax.random.uniform(jax.random.key(0), (128, 28, 28, 1))
         model = autoencoders.create("conv_vae", seed=0)
-        training.train(model, images, key=jax.random.key(1), config=config, validation=images[:32],
-                       progress=False, checkpoint_dir=directory)
+        autoencoders.fit(model, images, key=jax.random.key(1), config=config, validation=images[:32],
+                         progress=False, checkpoint_dir=directory)
     leaves = jax.tree.leaves(nnx.state(model, (nnx.Param, nnx.BatchStat)))
     np.savez(out, *[np.asarray(x) for x in leaves])
 

@@ -15,14 +15,24 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fpn_jax import ConditionalMAF, ConditionalRealNVP, TrainConfig, autoencoders, classify, fit, latents, one_hot, parallel
-from fpn_jax.autoencoders import training
+from fpn_jax import (
+    ConditionalMAF,
+    ConditionalRealNVP,
+    TrainConfig,
+    autoencoders,
+    classify,
+    fit,
+    latents,
+    one_hot,
+    parallel,
+)
 
 FLOWS = {"maf": ConditionalMAF, "rnvp": ConditionalRealNVP}
 
 
 def max_diff(a, b) -> float:
-    return max((float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))), default=0.0)
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return max((float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in pairs), default=0.0)
 
 
 def spread(tree) -> int:
@@ -40,9 +50,9 @@ def toy(n: int, d: int, classes: int, seed: int):
 def training_diffs(one: dict, all_: dict, initial) -> dict:
     """How far apart two runs from ``initial`` ended: losses, and parameters relative to how far they moved."""
     moved = np.sqrt(sum(float(np.sum((np.asarray(a) - np.asarray(b)) ** 2))
-                        for a, b in zip(jax.tree.leaves(one["params"]), jax.tree.leaves(initial))))
+                        for a, b in zip(jax.tree.leaves(one["params"]), jax.tree.leaves(initial), strict=True)))
     apart = np.sqrt(sum(float(np.sum((np.asarray(a) - np.asarray(b)) ** 2))
-                        for a, b in zip(jax.tree.leaves(one["params"]), jax.tree.leaves(all_["params"]))))
+                        for a, b in zip(jax.tree.leaves(one["params"]), jax.tree.leaves(all_["params"]), strict=True)))
     return {
         "devices": [one["devices"], all_["devices"]],
         "train_loss": max_diff(one["train_loss"], all_["train_loss"]),
@@ -101,7 +111,7 @@ def autoencoder_case() -> dict:
     config = TrainConfig(learning_rate=1e-3, batch_size=32, max_epochs=2, patience=None)
     return compare(
         lambda: autoencoders.create("conv_vae", seed=0),
-        lambda model: training.train(model, images, key=jax.random.key(4), config=config, progress=False),
+        lambda model: autoencoders.fit(model, images, key=jax.random.key(4), config=config, progress=False),
         lambda model: dict(
             mean=latents.encode(model, images[:13]), sampled=latents.encode(model, images[:13], key=jax.random.key(5)),
             decoded=latents.decode(model, jnp.ones((13, 40))),

@@ -15,8 +15,8 @@ from flax import nnx
 
 from fpn_jax import autoencoders, checkpoint, latents
 from fpn_jax.autoencoders import training
-from fpn_jax.autoencoders.conv import ConvTranspose
-from fpn_jax.loop import TrainConfig
+from fpn_jax.nn import ConvTranspose
+from fpn_jax.train import TrainConfig
 
 
 def _images(n: int, seed: int = 0) -> np.ndarray:
@@ -98,7 +98,11 @@ def test_vae_encode_mean_or_sample():
         (np.zeros((2, 28, 28)), "shape"),
         (np.zeros((2, 28, 28, 1), np.uint8), "dtype"),
         (np.full((2, 28, 28, 1), 2.0, np.float32), "row 0"),
-        (np.where(np.arange(2)[:, None, None, None] == 1, np.nan, 0.5).astype(np.float32) * np.ones((2, 28, 28, 1), np.float32), "row 1"),
+        (
+            np.where(np.arange(2)[:, None, None, None] == 1, np.nan, 0.5).astype(np.float32)
+            * np.ones((2, 28, 28, 1), np.float32),
+            "row 1",
+        ),
     ],
 )
 def test_bad_images_are_named(bad, message):
@@ -137,8 +141,8 @@ def test_training_improves_and_checkpoint_reloads_in_a_new_process(tmp_path):
     model = autoencoders.create("conv_ae")
     x, x_val = _images(256, 0), _images(64, 1)
     config = TrainConfig(learning_rate=5e-3, batch_size=64, max_epochs=3, patience=None)
-    history = training.train(model, x, key=jax.random.key(0), config=config, validation=x_val,
-                             checkpoint_dir=tmp_path / "run", progress=False)
+    history = autoencoders.fit(model, x, key=jax.random.key(0), config=config, validation=x_val,
+                               checkpoint_dir=tmp_path / "run", progress=False)
     assert history.val_loss[-1] < history.val_loss[0]
     assert history.best_epoch == int(np.argmin(history.val_loss))
     reloaded = autoencoders.load(tmp_path / "run" / "best")
@@ -161,20 +165,20 @@ def test_resume_continues_the_same_run(tmp_path):
     x = _images(128, 0)
     config = dict(learning_rate=5e-3, batch_size=32, patience=None)
     straight = autoencoders.create("conv_ae")
-    training.train(straight, x, key=jax.random.key(1), config=TrainConfig(max_epochs=3, **config), progress=False)
+    autoencoders.fit(straight, x, key=jax.random.key(1), config=TrainConfig(max_epochs=3, **config), progress=False)
     resumed = autoencoders.create("conv_ae")
-    training.train(resumed, x, key=jax.random.key(1), config=TrainConfig(max_epochs=2, **config),
-                   checkpoint_dir=tmp_path, progress=False)
+    autoencoders.fit(resumed, x, key=jax.random.key(1), config=TrainConfig(max_epochs=2, **config),
+                     checkpoint_dir=tmp_path, progress=False)
     again = autoencoders.create("conv_ae")  # a new process would start from scratch like this
-    history = training.train(again, x, key=jax.random.key(1), config=TrainConfig(max_epochs=3, **config),
-                             checkpoint_dir=tmp_path, progress=False)
+    history = autoencoders.fit(again, x, key=jax.random.key(1), config=TrainConfig(max_epochs=3, **config),
+                               checkpoint_dir=tmp_path, progress=False)
     assert len(history.train_loss) == 3
     for a, b in zip(jax.tree.leaves(nnx.state(straight)), jax.tree.leaves(nnx.state(again)), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="other settings"):
-        training.train(autoencoders.create("conv_ae"), x, key=jax.random.key(1),
-                       config=TrainConfig(max_epochs=3, learning_rate=1e-3, batch_size=32),
-                       checkpoint_dir=tmp_path, progress=False)
+        autoencoders.fit(autoencoders.create("conv_ae"), x, key=jax.random.key(1),
+                         config=TrainConfig(max_epochs=3, learning_rate=1e-3, batch_size=32),
+                         checkpoint_dir=tmp_path, progress=False)
 
 
 def test_load_by_name_uses_the_model_cache(tmp_path, monkeypatch):
@@ -219,9 +223,76 @@ def test_loss_and_training_check_their_arguments():
     with pytest.raises(ValueError, match=r"ConvAE.loss: argument `key`"):
         model.loss(np.zeros((2, 28, 28, 1), np.float32), 0)
     with pytest.raises(ValueError, match=r"argument `images` has no rows"):
-        training.train(model, np.zeros((0, 28, 28, 1), np.float32), key=jax.random.key(0), progress=False)
+        autoencoders.fit(model, np.zeros((0, 28, 28, 1), np.float32), key=jax.random.key(0), progress=False)
     with pytest.raises(ValueError, match=r"batch norm, which needs batches of at least 2 rows"):
-        training.train(model, np.zeros((1, 28, 28, 1), np.float32), key=jax.random.key(0), progress=False)
+        autoencoders.fit(model, np.zeros((1, 28, 28, 1), np.float32), key=jax.random.key(0), progress=False)
     empty = latents.encode(autoencoders.freeze(model), np.zeros((0, 28, 28, 1), np.float32))
     assert empty.shape == (0, 40) and empty.dtype == np.float32
     assert latents.decode(model, np.zeros((0, 40), np.float32)).shape == (0, 28, 28, 1)
+
+
+class _TanhPoints(autoencoders.Autoencoder):
+    """A frozen-only base model outside MNIST's contract: (4, 3) "clouds" in [-1, 1], a tanh
+    decoder that is stochastic given a key and takes an option; no training loss."""
+
+    def __init__(self, *, data_range=(-1.0, 1.0), rngs: nnx.Rngs):
+        super().__init__(2, data_shape=(4, 3), data_range=data_range)
+        self.enc = nnx.Linear(12, 2, rngs=rngs)
+        self.dec = nnx.Linear(2, 12, rngs=rngs)
+
+    def _encode(self, x, key):
+        return self.enc(x.reshape(x.shape[0], -1))
+
+    def _decode(self, z, key, *, scale=1.0):
+        out = jnp.tanh(self.dec(z)).reshape(z.shape[0], 4, 3) * scale
+        if key is not None:
+            out = out + 0.01 * jax.random.normal(key, out.shape)
+        return out
+
+
+def test_base_models_declare_their_data_range_and_training_is_separate():
+    assert autoencoders.create("conv_vae").data_range == (0.0, 1.0)
+    assert autoencoders.create("conv_ae").data_range == (0.0, 1.0)
+    assert isinstance(autoencoders.create("conv_ae"), autoencoders.TrainableAutoencoder)
+    assert training.train is autoencoders.fit  # the deprecated name, kept for one release
+    model = autoencoders.freeze(_TanhPoints(rngs=nnx.Rngs(0)))
+    assert not isinstance(model, autoencoders.TrainableAutoencoder)
+    x = np.linspace(-1.0, 1.0, 2 * 12, dtype=np.float32).reshape(2, 4, 3)  # in [-1, 1]: accepted
+    z = model.encode(x)
+    np.testing.assert_allclose(np.asarray(z), np.asarray(model.enc(jnp.asarray(x).reshape(2, 12))), atol=1e-6)
+    with pytest.raises(ValueError, match=r"_TanhPoints.encode: argument `x` must hold values in \[-1, 1\]; row 1 of 2"):
+        model.encode(x * np.array([1.0, 1.5], np.float32)[:, None, None])
+    with pytest.raises(ValueError, match=r"values in \[-1, 1\]; got dtype int32"):
+        model.encode(np.zeros((2, 4, 3), np.int32))
+    with pytest.raises(ValueError, match=r"must have shape \(N, 4, 3\)"):
+        model.encode(np.zeros((2, 12), np.float32))
+    with pytest.raises(TypeError, match="trainable base model"):
+        autoencoders.fit(model, x, key=jax.random.key(0), progress=False)
+    with pytest.raises(NotImplementedError):
+        autoencoders.Autoencoder(2, data_shape=(4, 3)).encode(x)
+    # Unbounded data (point coordinates): any finite value, but no NaN.
+    free = autoencoders.freeze(_TanhPoints(data_range=None, rngs=nnx.Rngs(0)))
+    assert free.data_range is None
+    expected = np.asarray(free.enc(jnp.asarray(x * 100).reshape(2, 12)))
+    np.testing.assert_allclose(np.asarray(free.encode(x * 100)), expected, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="`x`"):
+        free.encode(np.where(np.arange(2)[:, None, None] == 1, np.nan, x).astype(np.float32))
+
+
+def test_decode_takes_a_key_and_options_and_latents_pass_them_on():
+    model = autoencoders.freeze(_TanhPoints(rngs=nnx.Rngs(1)))
+    z = jax.random.normal(jax.random.key(2), (5, 2))
+    mean = np.tanh(np.asarray(model.dec(z))).reshape(5, 4, 3)
+    np.testing.assert_allclose(np.asarray(model.decode(z)), mean, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(model.decode(z, scale=0.5)), 0.5 * mean, atol=1e-6)
+    np.testing.assert_allclose(latents.decode(model, z, batch_size=2, scale=0.5), 0.5 * mean, atol=1e-6)
+    key = jax.random.key(3)
+    drawn = latents.decode(model, z, key=key, batch_size=2, scale=2.0)
+    np.testing.assert_allclose(drawn, latents.decode(model, z, key=key, batch_size=5, scale=2.0), atol=1e-6)
+    keys = jax.random.split(key, 5)
+    for n in (0, 3):  # latent n is decoded with the n-th key split from `key`
+        alone = np.asarray(model.decode(z[n : n + 1], key=keys[n], scale=2.0))[0]
+        np.testing.assert_allclose(drawn[n], alone, atol=1e-6)
+    assert 1e-3 < np.abs(drawn - 2.0 * mean).max() < 0.1
+    with pytest.raises(ValueError, match="`key`"):
+        model.decode(z, key=0)

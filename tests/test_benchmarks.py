@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fpn_jax import inference, train
+from fpn_jax import inference
 from fpn_jax.flows import ConditionalMAF, ConditionalRealNVP
 from fpn_jax.flows.flow import ConditionalFlow
 
@@ -56,7 +56,8 @@ def test_quick_run_writes_json_and_table(tmp_path):
             side = row[library]
             for name in ("examples_per_s", "seconds_per_call", "gflops_per_s", "flops_per_example"):
                 assert _positive_finite(side[name]), (row["flow"], row["metric"], library, name, side[name])
-            assert len(side["warm_up_calls_s"]) == (3 if library == "fpn-jax" else 1) and all(_positive_finite(s) for s in side["warm_up_calls_s"])
+            assert len(side["warm_up_calls_s"]) == (3 if library == "fpn-jax" else 1)
+            assert all(_positive_finite(s) for s in side["warm_up_calls_s"])
             assert len(side["seconds_all_repeats"]) == result["repeats"]
             assert all(_positive_finite(s) for s in side["seconds_all_repeats"])
             # the rate is the median repeat's
@@ -105,7 +106,9 @@ def _batches(n, d, c, how_many=3):
 @pytest.mark.parametrize("cls", [ConditionalMAF, ConditionalRealNVP], ids=["maf", "rnvp"])
 def test_train_step_traces_once(cls, trace_counter):
     bench = _load_benchmark()
-    flow = cls(5, 3, hidden_features=11, num_layers=2, batch_norm_within=True, batch_norm_between=True, rngs=nnx.Rngs(0))
+    flow = cls(
+        5, 3, hidden_features=11, num_layers=2, batch_norm_within=True, batch_norm_between=True, rngs=nnx.Rngs(0)
+    )
     step, state = bench.make_train_step(flow)
     losses = []
     for z, c in _batches(29, 5, 3):
@@ -113,25 +116,6 @@ def test_train_step_traces_once(cls, trace_counter):
         losses.append(float(loss))
     assert trace_counter["n"] == 1 and step._cache_size() == 1
     assert len(set(losses)) == 3 and all(map(math.isfinite, losses))  # the contents did change
-
-
-def test_train_step_is_the_library_step():
-    """One benchmark step equals one step of ``fpn_jax.train.fit`` on the same batch.
-
-    No batch norm here: parameters right before a training-mode batch norm have a zero
-    gradient up to rounding, which Adam's first step (``g / (|g| + eps)``) turns into noise
-    of size lr."""
-    bench = _load_benchmark()
-    make = lambda: ConditionalMAF(4, 2, hidden_features=7, num_layers=2, rngs=nnx.Rngs(1))  # noqa: E731
-    (z, c), = _batches(16, 4, 2, how_many=1)
-    flow = make()
-    step, state = bench.make_train_step(flow)
-    (params, stats, _), _ = step(state, z, c, jax.random.key(0))
-    fitted = make()
-    train.fit(fitted, z, c, key=jax.random.key(0), config=train.TrainConfig(batch_size=16, max_epochs=1, patience=None), progress=False)
-    for ours, theirs in zip(jax.tree.leaves((params, stats)), jax.tree.leaves(nnx.state(fitted, (nnx.Param, nnx.BatchStat)))):
-        # Adam moves every parameter by about lr = 1e-3; row order changes the float sums a little.
-        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=2e-5)
 
 
 @pytest.mark.parametrize("cls", [ConditionalMAF, ConditionalRealNVP], ids=["maf", "rnvp"])

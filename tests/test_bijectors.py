@@ -7,10 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import perturb
 from flax import nnx
 
-from conftest import perturb
-from fpn_jax.flows.scale import softplus
 from fpn_jax.flows import (
     AffineCoupling,
     BatchNormBijector,
@@ -19,6 +18,7 @@ from fpn_jax.flows import (
     Repeat,
     Reverse,
 )
+from fpn_jax.flows.scale import softplus
 
 D, C = 5, 3
 
@@ -61,7 +61,9 @@ def test_inverse_of_forward_is_identity(bijector):
 
 def jacobians(fn, x, c):
     """Per-row Jacobians (N, D, D) of a row-wise map ``fn(x, c) -> (y, log_det)``."""
-    single = lambda v, ci: fn(v[None], ci[None])[0][0]
+    def single(v, ci):
+        return fn(v[None], ci[None])[0][0]
+
     return jax.jit(jax.vmap(jax.jacfwd(single)))(x, c)
 
 
@@ -121,4 +123,6 @@ def test_softplus_matches_jax_to_a_few_ulp():
     sigmoid = 1.0 / (1.0 + np.exp(-a64))
     kept = sigmoid > 1e-30  # below, float32 flushes to zero
     assert np.max(np.abs(slope - sigmoid)[kept] / sigmoid[kept]) < 4 * ulp
-    np.testing.assert_array_equal(np.asarray(softplus(jnp.asarray([-200.0, 0.0, 200.0]))), [0.0, np.log(2.0).astype(np.float32), 200.0])
+    np.testing.assert_array_equal(
+        np.asarray(softplus(jnp.asarray([-200.0, 0.0, 200.0]))), [0.0, np.log(2.0).astype(np.float32), 200.0]
+    )

@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import FLOWS, make_flow
 from flax import nnx
 
 import fpn_jax
-from conftest import FLOWS, make_flow
 from fpn_jax import checkpoint
 
 
@@ -18,7 +18,8 @@ def test_flow_round_trip_keeps_parameters_and_statistics(tmp_path, kind):
     flow = make_flow(kind, features=3, context_features=2, batch_norm=True)
     z = jax.random.normal(jax.random.key(0), (64, 3))
     context = fpn_jax.one_hot(jnp.arange(64) % 2, 2)
-    fpn_jax.fit(flow, z, context, key=jax.random.key(1), config=fpn_jax.TrainConfig(max_epochs=2, batch_size=16), progress=False)
+    config = fpn_jax.TrainConfig(max_epochs=2, batch_size=16)
+    fpn_jax.fit(flow, z, context, key=jax.random.key(1), config=config, progress=False)
     loaded = checkpoint.load(checkpoint.save(tmp_path / "flow", flow))
     assert type(loaded) is type(flow) and loaded.config == flow.config
     loaded.eval()
@@ -65,13 +66,14 @@ def test_fit_resumes_to_the_same_parameters(tmp_path):
         return fpn_jax.ConditionalRealNVP(2, 3, hidden_features=8, rngs=nnx.Rngs(0))
 
     straight = fresh()
-    fpn_jax.fit(straight, z, context, key=jax.random.key(2), config=fpn_jax.TrainConfig(max_epochs=4, **settings), progress=False)
+    fpn_jax.fit(straight, z, context, key=jax.random.key(2), config=fpn_jax.TrainConfig(max_epochs=4, **settings),
+                progress=False)
     first = fresh()
     fpn_jax.fit(first, z, context, key=jax.random.key(2), config=fpn_jax.TrainConfig(max_epochs=2, **settings),
                 checkpoint_dir=tmp_path, progress=False)
     resumed = fresh()
-    history = fpn_jax.fit(resumed, z, context, key=jax.random.key(2), config=fpn_jax.TrainConfig(max_epochs=4, **settings),
-                          checkpoint_dir=tmp_path, progress=False)
+    history = fpn_jax.fit(resumed, z, context, key=jax.random.key(2),
+                          config=fpn_jax.TrainConfig(max_epochs=4, **settings), checkpoint_dir=tmp_path, progress=False)
     assert len(history.train_loss) == 4
     for a, b in zip(jax.tree.leaves(nnx.state(straight)), jax.tree.leaves(nnx.state(resumed)), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
@@ -96,10 +98,13 @@ def _flip_a_data_byte(path):
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda p: _edit_meta(p, lambda m: m.pop("architecture")), r"meta/metadata: corrupt checkpoint metadata: `architecture` is missing"),
+        (lambda p: _edit_meta(p, lambda m: m.pop("architecture")),
+         r"meta/metadata: corrupt checkpoint metadata: `architecture` is missing"),
         (lambda p: _edit_meta(p, lambda m: m.__setitem__("config", [4])), r"`config` must be a dict, got list"),
-        (lambda p: _edit_meta(p, lambda m: m["config"].__setitem__("depth", 3)), r"does not build a conditional_realnvp \(TypeError: .*'depth'"),
-        (lambda p: _edit_meta(p, lambda m: m["config"].__setitem__("features", 0)), r"does not build a conditional_realnvp \(ValueError: .*`features`"),
+        (lambda p: _edit_meta(p, lambda m: m["config"].__setitem__("depth", 3)),
+         r"does not build a conditional_realnvp \(TypeError: .*'depth'"),
+        (lambda p: _edit_meta(p, lambda m: m["config"].__setitem__("features", 0)),
+         r"does not build a conditional_realnvp \(ValueError: .*`features`"),
         (lambda p: _edit_meta(p, lambda m: m.__setitem__("architecture", "maf9")), r"unknown architecture 'maf9'"),
         (_flip_a_data_byte, r"corrupt or incomplete"),
         (lambda p: __import__("shutil").rmtree(p / "state"), r"corrupt or incomplete|no stored state"),
@@ -108,7 +113,8 @@ def _flip_a_data_byte(path):
          "flipped-data-byte", "state-removed"],
 )
 def test_corrupt_checkpoints_name_the_folder_and_the_problem(tmp_path, damage, message):
-    path = checkpoint.save(tmp_path / "m", fpn_jax.ConditionalRealNVP(4, 2, hidden_features=8, num_layers=2, rngs=nnx.Rngs(0)))
+    flow = fpn_jax.ConditionalRealNVP(4, 2, hidden_features=8, num_layers=2, rngs=nnx.Rngs(0))
+    path = checkpoint.save(tmp_path / "m", flow)
     damage(path)
     with pytest.raises(checkpoint.CheckpointError, match=message) as info:
         checkpoint.load(path)
@@ -120,7 +126,8 @@ def test_non_finite_parameters_are_refused_by_name(tmp_path):
     layer = flow.transform.layers.bijectors[1].made.final_layer
     layer.bias[...] = layer.bias[...].at[0, 0].set(jnp.nan)
     path = checkpoint.save(tmp_path / "diverged", flow)
-    with pytest.raises(checkpoint.CheckpointError, match=r"diverged: the stored arrays hold NaN or infinite values .* 1 parameter\(s\): .*final_layer.bias"):
+    expected = r"diverged: the stored arrays hold NaN or infinite values .* 1 parameter\(s\): .*final_layer.bias"
+    with pytest.raises(checkpoint.CheckpointError, match=expected):
         checkpoint.load(path)
 
 

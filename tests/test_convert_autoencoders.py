@@ -8,10 +8,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 
+from torch_autoencoders import TorchConvAE, TorchConvVAE, perturbed  # noqa: E402
+
 from fpn_jax import autoencoders, checkpoint  # noqa: E402
 from fpn_jax.checkpoint import CheckpointError  # noqa: E402
 from fpn_jax.convert.autoencoders import autoencoder_from_state_dict, convert_autoencoder  # noqa: E402
-from torch_autoencoders import TorchConvAE, TorchConvVAE, perturbed  # noqa: E402
 
 TORCH = {"conv_vae": TorchConvVAE, "conv_ae": TorchConvAE}
 

@@ -25,6 +25,7 @@ from fpn_jax.data import (
     read_idx,
     subset,
 )
+from fpn_jax.data import mnist as mnist_source
 
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 HAVE_SHARED = all((SHARED_MNIST / f"{name}.gz").is_file() for name in data.MNIST_FILES.values())
@@ -79,7 +80,7 @@ def write_mnist(
     }
     arrays["train_images"][0, 0, 0], arrays["train_images"][1, 0, 0] = 0, 255
     folder.mkdir(parents=True, exist_ok=True)
-    for (role, name), compress in zip(data.MNIST_FILES.items(), gz):
+    for (role, name), compress in zip(data.MNIST_FILES.items(), gz, strict=True):
         write_idx(folder / (name + (".gz" if compress else "")), arrays[role], gz=compress)
     return arrays
 
@@ -89,7 +90,7 @@ def row_keys(images: np.ndarray, labels: np.ndarray) -> collections.Counter:
     if images.dtype != np.uint8:
         images = np.rint(images * 255).astype(np.uint8)
     flat = images.reshape(len(images), -1)
-    return collections.Counter(zip(map(bytes, flat), labels.tolist()))
+    return collections.Counter(zip(map(bytes, flat), labels.tolist(), strict=True))
 
 
 # --------------------------------------------------------------------------- shared MNIST
@@ -111,14 +112,16 @@ def test_shared_files_match_readme_md5(name):
 
 @needs_shared
 def test_shared_mnist_shapes_dtypes_range(mnist):
-    assert mnist.num_classes == 10
+    assert mnist.num_classes == 10 and mnist.context_features == 10 and mnist.value_range == (0.0, 1.0)
     for split, n in ((mnist.train, 50_000), (mnist.validation, 10_000), (mnist.test, 10_000)):
-        assert split.images.shape == (n, 28, 28, 1) and split.images.dtype == np.float32
+        assert split.inputs.shape == (n, 28, 28, 1) and split.inputs.dtype == np.float32
         assert split.labels.shape == (n,) and split.labels.dtype == np.int32
+        assert split.context.dtype == np.float32
+        np.testing.assert_array_equal(split.context, np.eye(10, dtype=np.float32)[split.labels])
         assert len(split) == n
-        assert split.images.min() == 0.0 and split.images.max() == 1.0
+        assert split.inputs.min() == 0.0 and split.inputs.max() == 1.0
     # Exactly k / 255 for the stored bytes k.
-    k = mnist.test.images * 255
+    k = mnist.test.inputs * 255
     np.testing.assert_array_equal(k, np.rint(k))
 
 
@@ -134,8 +137,8 @@ def test_shared_mnist_class_counts(mnist):
 def test_shared_validation_is_carved_from_train(mnist):
     raw_x = read_idx(SHARED_MNIST / "train-images-idx3-ubyte.gz")
     raw_y = read_idx(SHARED_MNIST / "train-labels-idx1-ubyte.gz")
-    train = row_keys(mnist.train.images, mnist.train.labels)
-    val = row_keys(mnist.validation.images, mnist.validation.labels)
+    train = row_keys(mnist.train.inputs, mnist.train.labels)
+    val = row_keys(mnist.validation.inputs, mnist.validation.labels)
     # train + validation is exactly the 60k training set (as a multiset: no row lost or doubled).
     assert train + val == row_keys(raw_x, raw_y)
     # Disjoint: no (image, label) pair in both, except true duplicates inside the raw file.
@@ -143,18 +146,18 @@ def test_shared_validation_is_carved_from_train(mnist):
     assert all(raw[key] > 1 for key in set(train) & set(val))
     # The test split is the t10k files, untouched and in order.
     test_x = read_idx(SHARED_MNIST / "t10k-images-idx3-ubyte.gz")
-    np.testing.assert_array_equal(mnist.test.images[..., 0], test_x / np.float32(255))
+    np.testing.assert_array_equal(mnist.test.inputs[..., 0], test_x / np.float32(255))
 
 
 @needs_shared
 def test_shared_split_is_seeded(mnist):
     again = load_mnist(SHARED_MNIST, seed=0)
     np.testing.assert_array_equal(again.validation.labels, mnist.validation.labels)
-    np.testing.assert_array_equal(again.validation.images, mnist.validation.images)
+    np.testing.assert_array_equal(again.validation.inputs, mnist.validation.inputs)
     other = load_mnist(SHARED_MNIST, seed=1)
     assert len(other.train) == 50_000 and len(other.validation) == 10_000
-    val0 = row_keys(mnist.validation.images, mnist.validation.labels)
-    val1 = row_keys(other.validation.images, other.validation.labels)
+    val0 = row_keys(mnist.validation.inputs, mnist.validation.labels)
+    val1 = row_keys(other.validation.inputs, other.validation.labels)
     # Two random 10k draws from 60k share about 1/6 of their rows.
     assert 1_000 < sum((val0 & val1).values()) < 2_500
 
@@ -162,7 +165,7 @@ def test_shared_split_is_seeded(mnist):
 @needs_shared
 def test_shared_balanced_subset(mnist):
     small = subset(mnist.test, 100, seed=3)
-    assert small.images.shape == (100, 28, 28, 1)
+    assert small.inputs.shape == (100, 28, 28, 1)
     assert np.bincount(small.labels, minlength=10).tolist() == [10] * 10
 
 
@@ -257,17 +260,17 @@ def test_read_idx_trailing_bytes(tmp_path):
 def test_load_mnist_tiny_idx(tmp_path):
     arrays = write_mnist(tmp_path, n_train=30, n_test=12)
     ds = load_mnist(tmp_path, validation_size=10, seed=4, source="idx")
-    assert ds.train.images.shape == (20, 28, 28, 1) and ds.validation.images.shape == (10, 28, 28, 1)
-    assert ds.train.images.dtype == np.float32 and ds.train.labels.dtype == np.int32
-    np.testing.assert_array_equal(ds.test.images[..., 0], arrays["test_images"] / np.float32(255))
+    assert ds.train.inputs.shape == (20, 28, 28, 1) and ds.validation.inputs.shape == (10, 28, 28, 1)
+    assert ds.train.inputs.dtype == np.float32 and ds.train.labels.dtype == np.int32
+    np.testing.assert_array_equal(ds.test.inputs[..., 0], arrays["test_images"] / np.float32(255))
     np.testing.assert_array_equal(ds.test.labels, arrays["test_labels"])
-    carved = row_keys(ds.train.images, ds.train.labels)
-    carved += row_keys(ds.validation.images, ds.validation.labels)
+    carved = row_keys(ds.train.inputs, ds.train.labels)
+    carved += row_keys(ds.validation.inputs, ds.validation.labels)
     assert carved == row_keys(arrays["train_images"], arrays["train_labels"])
     # "auto" finds the same files; validation_size=0 keeps all of train.
     full = load_mnist(tmp_path, validation_size=0)
     np.testing.assert_array_equal(full.train.labels, arrays["train_labels"])
-    assert full.validation.images.shape == (0, 28, 28, 1)
+    assert full.validation.inputs.shape == (0, 28, 28, 1)
 
 
 def test_load_mnist_mismatched_counts(tmp_path):
@@ -331,7 +334,7 @@ def _assert_actionable(err: DatasetUnavailableError) -> None:
 
 @pytest.mark.parametrize("source", ["auto", "tfds"])
 def test_tfds_without_tensorflow_says_what_to_do(tmp_path, monkeypatch, source):
-    monkeypatch.setattr(data, "_tensorflow_available", lambda: False)
+    monkeypatch.setattr(mnist_source, "_tensorflow_available", lambda: False)
     with pytest.raises(DatasetUnavailableError, match="TensorFlow is not installed") as info:
         load_mnist(tmp_path, source=source)
     _assert_actionable(info.value)
@@ -351,7 +354,7 @@ def test_tfds_real_environment_without_tensorflow(tmp_path):
 
 def test_tfds_failure_carries_reason(tmp_path, monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
-    monkeypatch.setattr(data, "_tensorflow_available", lambda: True)
+    monkeypatch.setattr(mnist_source, "_tensorflow_available", lambda: True)
 
     def offline(*args, **kwargs):
         raise ConnectionError("Failed to reach storage.googleapis.com")
@@ -367,7 +370,7 @@ def test_tfds_failure_carries_reason(tmp_path, monkeypatch):
 def test_tfds_path_converts_arrays(tmp_path, monkeypatch):
     """tfds.load(batch_size=-1, as_supervised=True) faked with numpy: the same conversion."""
     tfds = pytest.importorskip("tensorflow_datasets")
-    monkeypatch.setattr(data, "_tensorflow_available", lambda: True)
+    monkeypatch.setattr(mnist_source, "_tensorflow_available", lambda: True)
     rng = np.random.default_rng(0)
     train_x = rng.integers(0, 256, (40, 28, 28, 1), dtype=np.uint8)
     train_y = np.arange(40, dtype=np.int64) % 10
@@ -383,41 +386,77 @@ def test_tfds_path_converts_arrays(tmp_path, monkeypatch):
     ds = load_mnist(tmp_path, validation_size=8)  # no IDX files in tmp_path: auto -> tfds
     kwargs = dict(split=["train", "test"], data_dir=str(tmp_path), batch_size=-1, as_supervised=True)
     assert calls == [("mnist", kwargs)]
-    assert ds.train.images.shape == (32, 28, 28, 1) and ds.validation.images.shape == (8, 28, 28, 1)
+    assert ds.train.inputs.shape == (32, 28, 28, 1) and ds.validation.inputs.shape == (8, 28, 28, 1)
     assert ds.train.labels.dtype == np.int32
-    np.testing.assert_array_equal(ds.test.images, test_x / np.float32(255))
+    np.testing.assert_array_equal(ds.test.inputs, test_x / np.float32(255))
     np.testing.assert_array_equal(ds.test.labels, test_y)
 
 
 # --------------------------------------------------------------------------- Split and subset
 
 
+def _labelled(inputs: np.ndarray, labels: np.ndarray, num_classes: int = 4) -> Split:
+    return Split.from_labels(inputs, labels, num_classes)
+
+
 def test_split_checks_rows():
     with pytest.raises(ValueError, match="same number of rows"):
-        Split(images=np.zeros((3, 2)), labels=np.zeros(4, np.int32))
+        Split(inputs=np.zeros((3, 2)), context=np.zeros((3, 2), np.float32), labels=np.zeros(4, np.int32))
+    with pytest.raises(ValueError, match="same number of rows"):
+        Split(inputs=np.zeros((3, 2)), context=np.zeros((4, 2), np.float32))
+    with pytest.raises(ValueError, match="same number of rows"):
+        _labelled(np.zeros((3, 2)), np.zeros(4, np.int32))
     with pytest.raises(ValueError, match="`labels` must be a 1-D array"):
-        Split(images=np.zeros((3, 2)), labels=np.zeros((3, 1), np.int32))
+        Split(inputs=np.zeros((3, 2)), context=np.zeros((3, 2), np.float32), labels=np.zeros((3, 1), np.int32))
+    with pytest.raises(ValueError, match=r"`context` must be a 2-D float array of shape \(N, C\)"):
+        Split(inputs=np.zeros((3, 2)), context=np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match=r"`context` must be a 2-D float array.*dtype int32"):
+        Split(inputs=np.zeros((3, 2)), context=np.zeros((3, 2), np.int32))
+
+
+def test_split_from_labels_is_one_hot_and_multi_hot_contexts_are_allowed():
+    labels = np.array([2, 0, 3, 3, 1], np.int64)
+    split = Split.from_labels(np.zeros((5, 2), np.float32), labels, 4)
+    assert split.context.dtype == np.float32 and split.labels.dtype == np.int32
+    np.testing.assert_array_equal(split.context, np.eye(4, dtype=np.float32)[labels])
+    np.testing.assert_array_equal(split.labels, labels)
+    with pytest.raises(ValueError, match=r"`labels` must lie in \[0, 4\); got values in \[0, 4\]"):
+        Split.from_labels(np.zeros((2, 2)), np.array([0, 4]), 4)
+    with pytest.raises(ValueError, match="`labels` must be a 1-D integer array"):
+        Split.from_labels(np.zeros((2, 2)), np.array([0.0, 1.0]), 4)
+    # Attributes (CelebA-like): multi-hot rows and no class labels.
+    attributes = np.array([[1, 0, 1], [0, 0, 0], [1, 1, 1]], np.float32)
+    multi = Split(inputs=np.arange(3, dtype=np.float32)[:, None], context=attributes)
+    assert multi.labels is None and len(multi) == 3
+    taken = multi.take(np.array([2, 0]))
+    np.testing.assert_array_equal(taken.context, attributes[[2, 0]])
+    np.testing.assert_array_equal(taken.inputs[:, 0], [2.0, 0.0])
+    assert taken.labels is None
+    # A subset of a split without labels is a plain seeded draw, rows kept paired.
+    drawn = subset(multi, 2, seed=0)
+    np.testing.assert_array_equal(drawn.context, attributes[drawn.inputs[:, 0].astype(int)])
 
 
 def test_subset_balanced_and_seeded():
     labels = np.repeat(np.arange(4), [50, 30, 2, 18]).astype(np.int32)
-    split = Split(images=np.arange(100, dtype=np.float32)[:, None], labels=labels)
+    split = _labelled(np.arange(100, dtype=np.float32)[:, None], labels)
     small = subset(split, 22, seed=1)
     # 22 over 4 classes: 6 or 5 each, but class 2 has only 2, so the others take up its share.
     counts = np.bincount(small.labels, minlength=4)
     assert counts.sum() == 22 and counts[2] == 2 and counts.max() - counts[[0, 1, 3]].min() <= 1
     # Rows stay paired and in the split's order.
-    np.testing.assert_array_equal(split.labels[small.images[:, 0].astype(int)], small.labels)
-    assert np.all(np.diff(small.images[:, 0]) > 0)
-    np.testing.assert_array_equal(subset(split, 22, seed=1).images, small.images)
-    assert not np.array_equal(subset(split, 22, seed=2).images, small.images)
+    np.testing.assert_array_equal(split.labels[small.inputs[:, 0].astype(int)], small.labels)
+    np.testing.assert_array_equal(small.context, np.eye(4, dtype=np.float32)[small.labels])
+    assert np.all(np.diff(small.inputs[:, 0]) > 0)
+    np.testing.assert_array_equal(subset(split, 22, seed=1).inputs, small.inputs)
+    assert not np.array_equal(subset(split, 22, seed=2).inputs, small.inputs)
     assert len(subset(split, 0)) == 0 and len(subset(split, 100)) == 100
 
 
 def test_subset_unbalanced_and_errors():
-    split = Split(images=np.arange(20, dtype=np.float32)[:, None], labels=np.zeros(20, np.int32))
+    split = _labelled(np.arange(20, dtype=np.float32)[:, None], np.zeros(20, np.int32))
     small = subset(split, 5, seed=0, balanced=False)
-    assert len(small) == 5 and len(np.unique(small.images)) == 5
+    assert len(small) == 5 and len(np.unique(small.inputs)) == 5
     with pytest.raises(ValueError, match="`n` must be at most the split's size 20; got 21"):
         subset(split, 21)
     with pytest.raises(ValueError, match="`n` must be an integer >= 0; got -1"):
@@ -425,10 +464,10 @@ def test_subset_unbalanced_and_errors():
 
 
 def test_subset_and_split_argument_types():
-    split = Split(images=np.zeros((4, 2), np.float32), labels=np.arange(4, dtype=np.int32))
+    split = _labelled(np.zeros((4, 2), np.float32), np.arange(4, dtype=np.int32))
     with pytest.raises(TypeError, match="subset: argument `split` must be a fpn_jax.data.Split; got tuple"):
-        subset((split.images, split.labels), 2)
+        subset((split.inputs, split.labels), 2)
     with pytest.raises(ValueError, match="subset: `seed` must be an integer; got 0.5"):
         subset(split, 2, seed=0.5)
     with pytest.raises(ValueError, match="Split: `labels` must be integer class indices; got dtype float32"):
-        Split(images=np.zeros((2, 2)), labels=np.zeros(2, np.float32))
+        Split(inputs=np.zeros((2, 2)), context=np.zeros((2, 2), np.float32), labels=np.zeros(2, np.float32))

@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import FLOWS, data, make_flow, perturb
 from flax import nnx
 
-from conftest import FLOWS, data, make_flow, perturb
-from fpn_jax.flows.nets import MADE
+from fpn_jax.nn import MADE
 
 
 @pytest.mark.parametrize("features", [2, 3, 7])
@@ -133,7 +133,7 @@ def test_pure_functions_after_one_split(flow_kind):
         return nnx.merge(graphdef, state).log_prob(z, c)
 
     z, c = data(3)
-    # The public path compiles with fpn_jax._compiler's options: other kernels, other rounding.
+    # The public path compiles with fpn_jax.runtime.compiler's options: other kernels, other rounding.
     np.testing.assert_allclose(log_prob(state, z, c), flow.log_prob(z, c), rtol=1e-5, atol=1e-5)
     log_prob(state, z + 1.0, c)
     assert len(traces) == 1  # new batch contents, no retrace

@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import data, make_flow
 from flax import nnx
 
-from conftest import data, make_flow
 from fpn_jax import class_log_likelihoods, classify, manipulate
 
 

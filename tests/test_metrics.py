@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fpn_jax.metrics import BASELINES, accuracy, baseline_accuracies, per_class_accuracy
+from fpn_jax.evaluation.metrics import BASELINES, accuracy, baseline_accuracies, per_class_accuracy
 
 pytest.importorskip("sklearn")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fpn_jax import plots
+from fpn_jax.evaluation import plots
 
 image = pytest.importorskip("matplotlib.image")
 

@@ -31,17 +31,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import FLOWS, perturb
 from flax import nnx
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import fpn_jax
-from conftest import FLOWS, perturb
 from fpn_jax import checkpoint, latents
-from fpn_jax._checks import frozen
-from fpn_jax.autoencoders import Autoencoder
+from fpn_jax.autoencoders import TrainableAutoencoder
 from fpn_jax.data import IDXFormatError, read_idx
+from fpn_jax.validation import frozen
 
 settings.register_profile(
     "fpn-properties",
@@ -87,7 +87,8 @@ def matrices(draw, rows: int, width: int, *, values: str = "latent", allow_wrong
     """
     shape = (rows, width)
     if allow_wrong:
-        shape = draw(st.sampled_from([shape] * 6 + [(rows, width + 1), (rows, max(width - 1, 0)), (width,), (1, rows, width)]))
+        wrong = [(rows, width + 1), (rows, max(width - 1, 0)), (width,), (1, rows, width)]
+        shape = draw(st.sampled_from([shape] * 6 + wrong))
         dtype = draw(st.sampled_from([np.float32] * 3 + [np.float16, np.float64, np.int32, np.bool_]))
     else:
         dtype = draw(st.sampled_from([np.float32, np.float32, np.float16, np.float64]))
@@ -245,7 +246,8 @@ def test_noise_round_trip_or_a_clear_error(data):
 def test_from_noise_names_overflowing_rows(data):
     model, u, context = setup(data)
     where = f"{type(model).__name__}.from_noise"
-    if rejects_clearly(where, [("u", u, model.features), ("context", context, C)], lambda: model.from_noise(u, context)):
+    arguments = [("u", u, model.features), ("context", context, C)]
+    if rejects_clearly(where, arguments, lambda: model.from_noise(u, context)):
         return
     raw = np.asarray(model.from_noise(u, context, allow_overflow=True))
     try:
@@ -314,7 +316,8 @@ def test_classify_posteriors_sum_to_one_or_a_clear_error(data):
             fpn_jax.classify(model, z, log_prior=log_prior)
         return
     try:
-        pred, log_post = fpn_jax.classify(model, z, log_prior=log_prior, batch_size=data.draw(st.sampled_from([2, 2048])))
+        batch_size = data.draw(st.sampled_from([2, 2048]))
+        pred, log_post = fpn_jax.classify(model, z, log_prior=log_prior, batch_size=batch_size)
     except FloatingPointError as error:
         event("float32 overflow reported")
         assert "class_log_likelihoods" in str(error)
@@ -357,7 +360,8 @@ def test_fit_rejects_bad_data_before_training(data):
     model, z, context = setup(data)
     config = data.draw(st.sampled_from([fpn_jax.TrainConfig(max_epochs=1), "fast", None]), label="config")
     expected = expected_error(f"{type(model).__name__}.fit", [("z", z, model.features), ("context", context, C)])
-    if expected is None and not isinstance(config, fpn_jax.TrainConfig):
+    # None is the default TrainConfig() (as for every fit); anything else must be a TrainConfig.
+    if expected is None and config is not None and not isinstance(config, fpn_jax.TrainConfig):
         expected, kind = r"fit: argument `config` must be a fpn_jax.TrainConfig", TypeError
     elif expected is None and z.shape[0] == 0:
         expected, kind = r"fit: argument `z` has no rows", ValueError
@@ -398,11 +402,11 @@ def test_one_hot_is_exact_or_names_the_label(values, dtype, num_classes):
 
 
 # ------------------------------------------------------------------------- latents (toy base)
-class ToyAE(Autoencoder):
-    """A linear autoencoder on 3-feature examples: compiles in no time."""
+class ToyAE(TrainableAutoencoder):
+    """A linear autoencoder on 3-feature examples in [0, 1] (sigmoid decoder): compiles in no time."""
 
     def __init__(self, *, rngs: nnx.Rngs):
-        super().__init__(2, data_shape=(3,))
+        super().__init__(2, data_shape=(3,), data_range=(0.0, 1.0))
         self.hyperparameters = frozen({})
         self.enc = nnx.Linear(3, 2, rngs=rngs)
         self.dec = nnx.Linear(2, 3, rngs=rngs)
@@ -410,8 +414,8 @@ class ToyAE(Autoencoder):
     def _encode(self, x, key):
         return self.enc(x)
 
-    def decode_logits(self, z):
-        return self.dec(z)
+    def _decode(self, z, key):
+        return jax.nn.sigmoid(self.dec(z))
 
     def _loss(self, x, key):
         return jnp.mean((self.decode(self._encode(x, None)) - x) ** 2, axis=1), {}
@@ -508,7 +512,8 @@ def test_damaged_checkpoint_loads_intact_or_names_the_folder(saved, tmp_path_fac
     except checkpoint.CheckpointError as error:
         assert str(copy) in str(error)
         return
-    assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(leaves, jax.tree.leaves(nnx.state(loaded))))
+    pairs = zip(leaves, jax.tree.leaves(nnx.state(loaded)), strict=True)
+    assert all(np.array_equal(a, np.asarray(b)) for a, b in pairs)
 
 
 @PROFILE

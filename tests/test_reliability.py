@@ -34,7 +34,7 @@ def _saved_epochs(directory: Path) -> list[int]:
     return sorted(int(p.name) for p in resume.iterdir() if p.name.isdigit()) if resume.is_dir() else []
 
 
-# Flows and base models share the loop (fpn_jax.loop.run); the ConvVAE variant takes ~40 s more
+# Flows and base models share the loop (fpn_jax.train.fit_model); the ConvVAE variant takes ~40 s more
 # and runs with FPN_JAX_SLOW_TESTS=1 (the base model's resume is also tested in-process in
 # tests/test_autoencoders.py).
 @pytest.mark.parametrize("kind, epochs, kill_after", [
@@ -125,11 +125,11 @@ def _assert_same(a: nnx.Module, b: nnx.Module) -> None:
 
 
 def test_a_crash_while_checkpointing_an_epoch_resumes_from_the_one_before(tmp_path, monkeypatch):
-    from fpn_jax import loop
+    from fpn_jax.train import loop
 
     z, c = _toy()
     config = TrainConfig(batch_size=64, max_epochs=4, patience=None)
-    real_save = loop._Store.save
+    real_save = loop.Store.save
 
     def crash(self, epoch, trees, history):
         if epoch == 2:
@@ -137,7 +137,7 @@ def test_a_crash_while_checkpointing_an_epoch_resumes_from_the_one_before(tmp_pa
         return real_save(self, epoch, trees, history)
 
     with monkeypatch.context() as patch:
-        patch.setattr(loop._Store, "save", crash)
+        patch.setattr(loop.Store, "save", crash)
         with pytest.raises(OSError, match="simulated"):
             fit(_flow(), z, c, key=jax.random.key(1), config=config, progress=False, checkpoint_dir=tmp_path)
     assert _saved_epochs(tmp_path) == [1]  # epochs 1 and 2 (0-based 0, 1); only the latest is kept

@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import FLOWS
 from flax import nnx
 
-from conftest import FLOWS
 from fpn_jax import TrainConfig, classify, fit, one_hot
 
 # Class k: an equal mixture of two isotropic Gaussians (std 0.5) on a circle of radius 3,
@@ -77,7 +77,7 @@ def test_fit_keeps_the_best_epoch_and_moves_only_parameters():
 
 
 def is_training_mode(flow):
-    from fpn_jax.flows.stack import is_training
+    from fpn_jax.nn.mode import is_training
 
     return is_training(flow)
 
@@ -91,3 +91,125 @@ def test_fit_stops_loudly_on_nan():
     with pytest.raises(FloatingPointError, match="epoch 1"):
         fit(flow, z.at[5, 0].set(1e30), one_hot(y, 3), key=jax.random.key(1), config=TrainConfig(max_epochs=3),
             progress=False)
+
+
+# --------------------------------------------------------------------------- the one train step
+
+
+def _adam_first_step(params, grads, lr):
+    """Adam's first update from zero moments: m̂ = g, v̂ = g², so θ' = θ - lr g / (|g| + 1e-8)."""
+    return jax.tree.map(lambda p, g: p - lr * g / (jnp.abs(g) + 1e-8), params, grads)
+
+
+def test_make_train_step_is_one_adam_step_on_the_batch_loss():
+    """``make_train_step`` (what fit_model, the judge, the base models and the benchmark run): the
+    loss of the batch in training mode, its gradient, Adam, and the batch-norm statistics."""
+    from fpn_jax.train import make_train_step
+    from fpn_jax.train.maximum_likelihood import batch_nll
+    from fpn_jax.train.step import split
+
+    z, y = sample_toy(jax.random.key(0), 64)
+    c = one_hot(y, 3)
+    lr = 1e-2
+    # Without batch norm: parameters right before a training-mode batch norm have a zero
+    # gradient up to rounding, which Adam's first step turns into full steps of size lr.
+    flow = FLOWS["maf"](2, 3, hidden_features=8, num_layers=2, rngs=nnx.Rngs(0))
+    optimizer = TrainConfig(learning_rate=lr).optimizer(steps_per_epoch=1)
+    parts, state = split(flow, optimizer)
+    step = jax.jit(make_train_step(parts, batch_nll, optimizer))
+    new, (loss, finite) = step(state, (z, c), jax.random.key(1))
+    assert bool(finite) and not is_training_mode(flow)
+
+    graph, params, rest = nnx.split(flow, nnx.Param, ...)
+
+    def reference_loss(params):
+        model = nnx.merge(graph, params, rest)
+        model.train()
+        return -jnp.mean(model.log_prob(z, c))
+
+    value, grads = jax.value_and_grad(reference_loss)(params)
+    assert float(loss) == pytest.approx(float(value), rel=1e-5)
+    expected = _adam_first_step(params, grads, lr)
+    leaves = zip(jax.tree.leaves(new.params), jax.tree.leaves(expected), jax.tree.leaves(grads), strict=True)
+    for got, want, g in leaves:
+        steady = np.abs(np.asarray(g)) > 1e-4  # where g / |g| is not a ratio of rounding errors
+        np.testing.assert_allclose(np.asarray(got)[steady], np.asarray(want)[steady], rtol=1e-5, atol=1e-6)
+        assert np.all(np.abs(np.asarray(got) - np.asarray(want)) <= 2 * lr + 1e-6)
+    pairs = zip(jax.tree.leaves(new.params), jax.tree.leaves(params), strict=True)
+    moved = [float(jnp.max(jnp.abs(a - b))) for a, b in pairs]
+    assert max(moved) == pytest.approx(lr, rel=1e-3)
+
+    # With batch norm between layers: the step returns the running statistics that the batch moved.
+    bn_flow = FLOWS["maf"](2, 3, hidden_features=8, num_layers=2, batch_norm_between=True, rngs=nnx.Rngs(0))
+    parts, state = split(bn_flow, optimizer)
+    new, _ = jax.jit(make_train_step(parts, batch_nll, optimizer))(state, (z, c), jax.random.key(1))
+    trained = nnx.clone(bn_flow)
+    trained.train()
+    trained.log_prob(z, c)  # one training-mode pass: r <- 0.9 r + 0.1 batch
+    for got, want, before in zip(jax.tree.leaves(new.stats), jax.tree.leaves(nnx.state(trained, nnx.BatchStat)),
+                                 jax.tree.leaves(state.stats), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+        assert not np.allclose(np.asarray(got), np.asarray(before))
+
+
+def test_a_nonfinite_step_is_skipped_only_when_asked():
+    from fpn_jax.train import make_train_step
+    from fpn_jax.train.maximum_likelihood import batch_nll
+    from fpn_jax.train.step import split
+
+    z, y = sample_toy(jax.random.key(0), 32)
+    z = z.at[3, 0].set(1e30)  # finite, but the NLL overflows
+    optimizer = TrainConfig().optimizer(steps_per_epoch=1)
+    flow = FLOWS["rnvp"](2, 3, hidden_features=8, num_layers=2, rngs=nnx.Rngs(0))
+    parts, state = split(flow, optimizer)
+    for skip in (True, False):
+        new, (loss, finite) = jax.jit(make_train_step(parts, batch_nll, optimizer, skip_nonfinite=skip))(
+            state, (z, one_hot(y, 3)), jax.random.key(1)
+        )
+        assert not bool(finite) and not np.isfinite(float(loss))
+        pairs = zip(jax.tree.leaves(new), jax.tree.leaves(state), strict=True)
+        same = all(np.array_equal(a, b, equal_nan=True) for a, b in pairs)
+        assert same == skip
+
+
+def _updates(config: TrainConfig, grads: list[np.ndarray], steps_per_epoch: int) -> list[np.ndarray]:
+    optimizer = config.optimizer(steps_per_epoch)
+    params = {"w": jnp.zeros(2)}
+    opt_state = optimizer.init(params)
+    out = []
+    for g in grads:
+        updates, opt_state = optimizer.update({"w": jnp.asarray(g, jnp.float32)}, opt_state, params)
+        out.append(np.asarray(updates["w"]))
+    return out
+
+
+def test_the_step_size_schedule_is_constant_or_a_cosine_over_all_steps():
+    ones = [np.ones(2)] * 6  # Adam on a constant gradient: every update is -lr_k (m̂ = g, v̂ = g²)
+    constant = _updates(TrainConfig(learning_rate=0.1, max_epochs=2), ones, steps_per_epoch=3)
+    np.testing.assert_allclose(constant, -0.1 * np.ones((6, 2)), rtol=1e-4)  # float32 bias corrections
+    cosine = _updates(TrainConfig(learning_rate=0.1, max_epochs=2, schedule="cosine"), ones, steps_per_epoch=3)
+    k = np.arange(6)[:, None]  # 2 epochs x 3 steps: the cosine spans all 6
+    np.testing.assert_allclose(cosine, -0.1 * 0.5 * (1 + np.cos(np.pi * k / 6)) * np.ones((6, 2)), rtol=1e-4, atol=1e-9)
+
+
+def test_max_grad_norm_clips_the_gradient_before_adam():
+    grads = [np.array([3.0, 4.0]), np.array([0.3, 0.0])]  # |g1| = 5, clipped to 1: (0.6, 0.8)
+    lr, b1, b2, eps = 0.1, 0.9, 0.999, 1e-8
+
+    def adam(gs):
+        m = v = np.zeros(2)
+        out = []
+        for t, g in enumerate(gs, start=1):
+            m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g**2
+            out.append(-lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps))
+        return out
+
+    clipped = _updates(TrainConfig(learning_rate=lr, max_grad_norm=1.0), grads, steps_per_epoch=1)
+    np.testing.assert_allclose(clipped, adam([grads[0] / 5.0, grads[1]]), rtol=1e-4)
+    plain = _updates(TrainConfig(learning_rate=lr), grads, steps_per_epoch=1)
+    np.testing.assert_allclose(plain, adam(grads), rtol=1e-4)
+    assert not np.allclose(clipped[1], plain[1], rtol=1e-2)  # the clipping shows in the second step
+    with pytest.raises(ValueError, match="`max_grad_norm` must be > 0 or None"):
+        TrainConfig(max_grad_norm=0.0)
+    with pytest.raises(ValueError, match="`schedule` must be 'constant' or 'cosine'"):
+        TrainConfig(schedule="linear")

@@ -4,7 +4,9 @@
     model = fpn_jax.autoencoders.load("runs/x/conv_ae")  # or any checkpoint folder
     z = fpn_jax.latents.encode(model, images)
 
-New base models plug in with ``@fpn_jax.checkpoint.register("name")`` on an ``Autoencoder``
+Training one (a ``TrainableAutoencoder``) is ``fpn_jax.autoencoders.fit(model, images, key=...)``.
+
+New base models plug in with ``@fpn_jax.registry.register("name")`` on an ``Autoencoder``
 subclass (MSP for CelebA and PointFlow's encoder for ShapeNet will).
 """
 
@@ -15,19 +17,24 @@ from pathlib import Path
 
 from flax import nnx
 
-from fpn_jax import checkpoint
-from fpn_jax.autoencoders.base import Autoencoder, check_data
+from fpn_jax import checkpoint, registry
+from fpn_jax.autoencoders import training
+from fpn_jax.autoencoders.base import Autoencoder, TrainableAutoencoder, check_data
 from fpn_jax.autoencoders.conv import ConvAE, ConvVAE
+from fpn_jax.autoencoders.training import default_config, fit
 
-checkpoint.register("conv_vae")(ConvVAE)
-checkpoint.register("conv_ae")(ConvAE)
+registry.register("conv_vae")(ConvVAE)
+registry.register("conv_ae")(ConvAE)
 
-__all__ = ["Autoencoder", "ConvAE", "ConvVAE", "available", "cache_dir", "check_data", "create", "freeze", "load"]
+__all__ = [
+    "Autoencoder", "ConvAE", "ConvVAE", "TrainableAutoencoder", "available", "cache_dir", "check_data", "create",
+    "default_config", "fit", "freeze", "load", "training",
+]
 
 
 def available() -> list[str]:
     """Names of the registered base-model architectures."""
-    return sorted(n for n, c in checkpoint.architectures().items() if issubclass(c, Autoencoder))
+    return sorted(n for n, c in registry.architectures().items() if issubclass(c, Autoencoder))
 
 
 def cache_dir() -> Path:
@@ -39,7 +46,7 @@ def create(name: str, *, seed: int = 0, **config) -> Autoencoder:
     """A freshly initialised (untrained) base model of a registered architecture."""
     if name not in available():
         raise ValueError(f"create: unknown base model {name!r}; available: {available()}.")
-    return checkpoint.build(name, config, rngs=nnx.Rngs(seed))
+    return registry.build(name, config, rngs=nnx.Rngs(seed))
 
 
 def freeze(model: Autoencoder) -> Autoencoder:
@@ -69,7 +76,7 @@ def load(name_or_path: str | os.PathLike) -> Autoencoder:
             raise FileNotFoundError(
                 f"load: no trained {name_or_path!r} in the model cache ({path}). Train one with "
                 f"`python experiments/mnist.py` (it caches its base models there) or "
-                f"fpn_jax.autoencoders.training.train(...), or convert a PyTorch checkpoint with "
+                f"fpn_jax.autoencoders.fit(...), or convert a PyTorch checkpoint with "
                 f"`python -m fpn_jax.convert autoencoder {name_or_path} MODEL.pt {path}`."
             )
     elif not path.exists():

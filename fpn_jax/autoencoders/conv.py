@@ -1,5 +1,9 @@
 """The paper's MNIST base models: ``ConvVAE`` and ``ConvAE`` (28x28x1 images, 40-d latents).
 
+The base models of Flow Plugin Networks' MNIST experiments (Wielopolski, Koperski, Zięba,
+section 5), ported from the original PyTorch code; the VAE is Kingma and Welling,
+"Auto-Encoding Variational Bayes" (ICLR 2014).
+
 Layout is NHWC. Every layer copies the original PyTorch code (Conv2d/ConvTranspose2d with
 padding 0, BatchNorm with momentum 0.1 in torch = 0.9 here, eps 1e-5)::
 
@@ -16,7 +20,7 @@ padding 0, BatchNorm with momentum 0.1 in torch = 0.9 here, eps 1e-5)::
 
 A transposed convolution with padding 0 scatters every input pixel through the kernel:
 ``y[s i + a, s j + b] += x[i, j] W[a, b]``, output size ``(i - 1) s + k`` as in torch.
-``ConvTranspose`` below computes exactly that as one matmul (each input pixel times the
+``fpn_jax.nn.ConvTranspose`` computes exactly that as one matmul (each input pixel times the
 kernel, (N, H, W, k, k, C_out)) and an overlap-add of the k² shifted planes. On CPU this is
 5-15x faster than XLA's dilated-convolution lowering for these shapes (its FLOPs are the true
 ones: no multiplications by inserted zeros), and the kernel keeps torch's meaning: a torch
@@ -25,14 +29,16 @@ weight (in, out, kh, kw) is ours transposed to (kh, kw, in, out), no flip.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fpn_jax import _checks
-from fpn_jax.autoencoders.base import Autoencoder
-
-Array = jax.Array
+from fpn_jax import validation as checks
+from fpn_jax.autoencoders.base import TrainableAutoencoder
+from fpn_jax.nn.conv import ConvTranspose
+from fpn_jax.typing import Array
 
 BN_MOMENTUM = 0.9  # torch's momentum=0.1
 BN_EPSILON = 1e-5
@@ -40,33 +46,6 @@ BN_EPSILON = 1e-5
 
 def _batch_norm(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
     return nnx.BatchNorm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, rngs=rngs)
-
-
-class ConvTranspose(nnx.Module):
-    """Transposed 2-D convolution, padding 0: (N, H, W, C_in) → (N, (H-1)s+k, (W-1)s+k, C_out).
-
-    ``y[n, s i + a, s j + b, :] += x[n, i, j, :] @ kernel[a, b]`` plus ``bias``; kernel
-    (k, k, C_in, C_out).
-    """
-
-    def __init__(self, in_features: int, out_features: int, kernel_size: int, stride: int, *, rngs: nnx.Rngs):
-        self.kernel_size, self.stride = kernel_size, stride
-        shape = (kernel_size, kernel_size, in_features, out_features)
-        self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), shape))
-        self.bias = nnx.Param(jnp.zeros((out_features,)))
-
-    def __call__(self, x: Array) -> Array:
-        n, h, w, c = x.shape
-        k, s = self.kernel_size, self.stride
-        kernel = self.kernel[...]
-        out = kernel.shape[-1]
-        planes = (x.reshape(-1, c) @ kernel.transpose(2, 0, 1, 3).reshape(c, k * k * out)).reshape(n, h, w, k, k, out)
-        y = sum(
-            jax.lax.pad(planes[:, :, :, a, b], 0.0, [(0, 0, 0), (a, k - 1 - a, s - 1), (b, k - 1 - b, s - 1), (0, 0, 0)])
-            for a in range(k)
-            for b in range(k)
-        )
-        return y + self.bias[...]
 
 
 class ConvEncoder(nnx.Module):
@@ -81,6 +60,7 @@ class ConvEncoder(nnx.Module):
         self.conv_3 = nnx.Conv(32, 64, **conv)
 
     def __call__(self, x: Array) -> Array:
+        """Maps images x (N, 28, 28, 1) → features (N, 64)."""
         h = jax.nn.leaky_relu(self.norm_1(self.conv_1(x)), 0.2)
         h = jax.nn.leaky_relu(self.norm_2(self.conv_2(h)), 0.2)
         return self.conv_3(h).reshape(x.shape[0], -1)
@@ -99,6 +79,7 @@ class ConvDecoder(nnx.Module):
         self.deconv_4 = ConvTranspose(64, 1, 4, 2, rngs=rngs)
 
     def __call__(self, z: Array) -> Array:
+        """Maps latents z (N, latent) → logits (N, 28, 28, 1)."""
         h = z.reshape(z.shape[0], 1, 1, z.shape[1])
         h = jax.nn.relu(self.norm_1(self.deconv_1(h)))
         h = jax.nn.relu(self.norm_2(self.deconv_2(h)))
@@ -106,7 +87,7 @@ class ConvDecoder(nnx.Module):
         return self.deconv_4(h)
 
 
-class ConvVAE(Autoencoder):
+class ConvVAE(TrainableAutoencoder):
     """Convolutional VAE: q(z | x) = N(μ(x), diag exp(logvar(x))), p(x | z) Bernoulli.
 
     Loss per image (summed over pixels; training averages it over the batch), KL weight 1:
@@ -115,8 +96,8 @@ class ConvVAE(Autoencoder):
     """
 
     def __init__(self, latent_features: int = 40, *, rngs: nnx.Rngs):
-        super().__init__(latent_features, data_shape=(28, 28, 1))
-        self.hyperparameters = _checks.frozen({"latent_features": latent_features})
+        super().__init__(latent_features, data_shape=(28, 28, 1), data_range=(0.0, 1.0))
+        self.hyperparameters = checks.frozen({"latent_features": latent_features})
         self.enc = ConvEncoder(rngs=rngs)
         self.fc_mu = nnx.Linear(64, latent_features, rngs=rngs)
         self.fc_logvar = nnx.Linear(64, latent_features, rngs=rngs)
@@ -134,7 +115,12 @@ class ConvVAE(Autoencoder):
         return mu + jnp.exp(0.5 * logvar) * jax.random.normal(key, mu.shape, mu.dtype)
 
     def decode_logits(self, z: Array) -> Array:
+        """Pre-sigmoid decoder output, (N, 28, 28, 1)."""
         return self.dec(z)
+
+    def _decode(self, z: Array, key: Array | None, **options: Any) -> Array:
+        _no_options(self, options)
+        return jax.nn.sigmoid(self.dec(z))
 
     def _loss(self, x: Array, key: Array) -> tuple[Array, dict[str, Array]]:
         mu, logvar = self.posterior(x)
@@ -145,12 +131,12 @@ class ConvVAE(Autoencoder):
         return bce + kl, {"bce": bce, "kl": kl}
 
 
-class ConvAE(Autoencoder):
+class ConvAE(TrainableAutoencoder):
     """Deterministic convolutional autoencoder; loss per image: mean squared error of D(E(x))."""
 
     def __init__(self, latent_features: int = 40, *, rngs: nnx.Rngs):
-        super().__init__(latent_features, data_shape=(28, 28, 1))
-        self.hyperparameters = _checks.frozen({"latent_features": latent_features})
+        super().__init__(latent_features, data_shape=(28, 28, 1), data_range=(0.0, 1.0))
+        self.hyperparameters = checks.frozen({"latent_features": latent_features})
         self.enc = ConvEncoder(rngs=rngs)
         self.bottleneck = nnx.Linear(64, latent_features, rngs=rngs)
         self.dec = ConvDecoder(latent_features, rngs=rngs)
@@ -159,11 +145,21 @@ class ConvAE(Autoencoder):
         return self.bottleneck(self.enc(x))
 
     def decode_logits(self, z: Array) -> Array:
+        """Pre-sigmoid decoder output, (N, 28, 28, 1)."""
         return self.dec(z)
+
+    def _decode(self, z: Array, key: Array | None, **options: Any) -> Array:
+        _no_options(self, options)
+        return jax.nn.sigmoid(self.dec(z))
 
     def _loss(self, x: Array, key: Array) -> tuple[Array, dict[str, Array]]:
         mse = jnp.mean((jax.nn.sigmoid(self.decode_logits(self._encode(x, None))) - x) ** 2, axis=(1, 2, 3))
         return mse, {"mse": mse}
+
+
+def _no_options(model: TrainableAutoencoder, options: dict[str, Any]) -> None:
+    if options:
+        raise TypeError(f"{type(model).__name__}.decode takes no options; got {sorted(options)}.")
 
 
 def _bce_with_logits(logits: Array, x: Array) -> Array:

@@ -1,8 +1,11 @@
-"""Training a base model: minimise its own loss (``Autoencoder.loss``) over images.
+"""Training a base model: minimise its own loss (``TrainableAutoencoder.loss``) over its data.
 
-The loop is ``fpn_jax.loop.run`` (jitted epochs, early stopping on a validation split, the
-best epoch's model kept); with ``checkpoint_dir`` every epoch is saved to resume from, and the
-best model to ``checkpoint_dir/best`` (what ``fpn_jax.autoencoders.load`` reads).
+Training is a capability of its own: a base model that can be trained subclasses
+``TrainableAutoencoder`` (the MNIST ConvVAE / ConvAE do); a converted model that is only
+used frozen need not define a loss. The loop is ``fpn_jax.train.fit_model`` (jitted epochs,
+early stopping on a validation split, the best epoch's model kept); with ``checkpoint_dir``
+every epoch is saved to resume from, and the best model to ``checkpoint_dir/best`` (what
+``fpn_jax.autoencoders.load`` reads).
 
 Defaults: Adam with batch 1024 as in the paper's code; learning rate 1e-3 for both models
 (the original used 5e-3 for the AE; see ``default_config``).
@@ -15,22 +18,22 @@ import os
 import jax
 import jax.numpy as jnp
 
-from fpn_jax import _checks, loop
-from fpn_jax.autoencoders.base import Autoencoder, check_data
-from fpn_jax.loop import History, TrainConfig
+from fpn_jax import validation as checks
+from fpn_jax.autoencoders.base import TrainableAutoencoder
+from fpn_jax.train.config import History, TrainConfig, check_training_setup
+from fpn_jax.train.loop import fit_model
+from fpn_jax.typing import Array, Batch, Key, Scalar
 
-Array = jax.Array
 
-
-def default_config(model: Autoencoder, **overrides) -> TrainConfig:
+def default_config(model: TrainableAutoencoder, **overrides: object) -> TrainConfig:
     """The base-model training settings: Adam 1e-3, batch 1024, ≤ 30 epochs, patience 3."""
     settings = dict(learning_rate=1e-3, batch_size=1024, max_epochs=30, patience=3, eval_batch_size=2048)
     return TrainConfig(**(settings | overrides))
 
 
-def train(
-    model: Autoencoder,
-    images: Array,
+def fit(
+    model: TrainableAutoencoder,
+    images: Batch,
     *,
     key: Array,
     config: TrainConfig | None = None,
@@ -43,7 +46,7 @@ def train(
 
     Args:
       model: a base model, e.g. ``fpn_jax.autoencoders.create("conv_ae")``.
-      images: (N, *model.data_shape) floats in [0, 1].
+      images: (N, *model.data_shape) floats within ``model.data_range``.
       key: PRNG key (shuffling, the VAE's reparameterisation noise).
       config: optimisation settings (default ``default_config(model)``).
       validation: held-out images for early stopping, scored by the same loss with a fixed key.
@@ -54,28 +57,34 @@ def train(
     Returns:
       The history of mean per-batch losses (the model's ``loss``).
     """
-    where = f"train({type(model).__name__})"
-    if not isinstance(model, Autoencoder):
-        raise TypeError(f"train: argument `model` must be a base model (Autoencoder); got {type(model).__name__}.")
-    images = check_data(images, model.data_shape, name="images", where=where)
-    key = _checks.check_key(key, where=where)
+    where = f"fit({type(model).__name__})"
+    if not isinstance(model, TrainableAutoencoder):
+        raise TypeError(
+            f"fit: argument `model` must be a trainable base model (TrainableAutoencoder); got {type(model).__name__}."
+        )
+    images = model.check_data(images, name="images", where=where)
+    key = checks.check_key(key, where=where)
     config = config or default_config(model)
-    _checks.check_training_setup(model, config, images.shape[0], where=where, name="images")
+    check_training_setup(model, config, images.shape[0], where=where, name="images")
     if validation is not None:
         key, validation_key = jax.random.split(key)
 
-        def row_loss(model: Autoencoder, batch: tuple[Array]) -> Array:
+        def row_loss(model: TrainableAutoencoder, batch: tuple[Array]) -> Array:
             return model.loss(batch[0], validation_key)[0]
 
-        validation = check_data(validation, model.data_shape, name="validation", where=where)
+        validation = model.check_data(validation, name="validation", where=where)
         if validation.shape[0] == 0:
             raise ValueError(f"{where}: argument `validation` has no rows; pass None to train without validation.")
         validation = ((validation,), row_loss)
-    return loop.run(
+    return fit_model(
         model, _batch_loss, (images,), key=key, config=config, validation=validation,
-        name=f"train {type(model).__name__}", progress=progress, checkpoint_dir=checkpoint_dir, resume=resume,
+        name=f"fit {type(model).__name__}", progress=progress, checkpoint_dir=checkpoint_dir, resume=resume,
     )
 
 
-def _batch_loss(model: Autoencoder, batch: tuple[Array], key: Array) -> Array:
+def _batch_loss(model: TrainableAutoencoder, batch: tuple[Array], key: Key) -> Scalar:
     return jnp.mean(model.loss(batch[0], key)[0])
+
+
+train = fit
+"""Deprecated name of ``fit`` (kept for one release)."""

@@ -17,6 +17,15 @@ from fpn_jax.checkpoint import CheckpointError
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the command line: converts the file named in ``argv`` and reports the result.
+
+    Args:
+      argv: the command-line arguments after the program name; ``None`` reads ``sys.argv``.
+
+    Returns:
+      The exit status: 0 once the checkpoint is written, 1 (with the error on stderr) when the
+      conversion fails.
+    """
     parser = argparse.ArgumentParser(prog="python -m fpn_jax.convert", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     ae = commands.add_parser("autoencoder", help="the original ConvVAE / ConvAE weights")

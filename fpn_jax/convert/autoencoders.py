@@ -76,7 +76,9 @@ def autoencoder_from_state_dict(
 
     architecture = architecture or guess_architecture(state_dict)
     if architecture not in HEADS:
-        raise CheckpointError(f"{source}: no PyTorch mapping for architecture {architecture!r}; known: {sorted(HEADS)}.")
+        raise CheckpointError(
+            f"{source}: no PyTorch mapping for architecture {architecture!r}; known: {sorted(HEADS)}."
+        )
     head = HEADS[architecture][0][0] + ".weight"
     latent = int(state_dict[head].shape[0]) if head in state_dict and state_dict[head].ndim == 2 else 40
     model = autoencoders.create(architecture, latent_features=latent)
@@ -102,9 +104,12 @@ def convert_autoencoder(
     source: str | os.PathLike, destination: str | os.PathLike, *, architecture: str | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Reads a torch ``.pt``/``.pth`` state dict or Lightning ``.ckpt`` and writes an orbax
+    """Converts a torch autoencoder file into an orbax checkpoint for ``fpn_jax.autoencoders.load``.
+
+    Reads a torch ``.pt``/``.pth`` state dict or Lightning ``.ckpt`` and writes an orbax
     checkpoint that ``fpn_jax.autoencoders.load`` accepts. Nothing is written unless the
-    whole conversion succeeds."""
+    whole conversion succeeds.
+    """
     from fpn_jax.convert.torch_io import read_state_dict
 
     state = read_state_dict(source)

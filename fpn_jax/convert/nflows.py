@@ -64,7 +64,7 @@ from fpn_jax import checkpoint
 from fpn_jax.checkpoint import CheckpointError
 from fpn_jax.convert.torch_io import check_state_dict, read_state_dict
 from fpn_jax.flows import ConditionalMAF, ConditionalRealNVP
-from fpn_jax.flows.nets import made_mask
+from fpn_jax.nn import made_mask
 
 Kind = Literal["maf", "rnvp"]
 StateDict = Mapping[str, np.ndarray]
@@ -107,8 +107,11 @@ def _transforms(state: StateDict) -> dict[int, str]:
 
 
 def _shape(state: StateDict, prefixes: list[str], suffix: str) -> tuple[int, ...] | None:
-    """The most common shape of ``prefix + suffix`` over the layers (one bad layer is then
-    reported as a mismatch instead of skewing the inferred architecture)."""
+    """The most common shape of ``prefix + suffix`` over the layers, or None if no layer has it.
+
+    Taking the most common shape means one bad layer is then reported as a mismatch instead
+    of skewing the inferred architecture.
+    """
     shapes = Counter(tuple(np.shape(state[p + suffix])) for p in prefixes if p + suffix in state)
     return shapes.most_common(1)[0][0] if shapes else None
 
@@ -444,8 +447,11 @@ def convert_flow(
     source: str | os.PathLike, destination: str | os.PathLike, *, kind: Kind, overwrite: bool = False,
     **overrides: Any,
 ) -> Path:
-    """Reads an nflows ``Flow`` state dict (``.pt``/``.pth``/Lightning ``.ckpt``) and writes an
-    orbax checkpoint that ``fpn_jax.checkpoint.load`` accepts; nothing is written on failure."""
+    """Converts an nflows ``Flow`` file into an orbax checkpoint for ``fpn_jax.checkpoint.load``.
+
+    Reads an nflows ``Flow`` state dict (``.pt``/``.pth``/Lightning ``.ckpt``) and writes an
+    orbax checkpoint that ``fpn_jax.checkpoint.load`` accepts; nothing is written on failure.
+    """
     flow = flow_from_nflows(source, kind=kind, **overrides)
     return checkpoint.save(destination, flow, extra={"converted_from": str(Path(source).absolute())},
                            overwrite=overwrite)

@@ -1,69 +1,80 @@
-"""The paper's MNIST experiments (section 5), end to end, as importable steps.
+"""The paper's MNIST experiments (section 5): one ``Config``, one ``train_and_evaluate``.
 
 For every base model (ConvVAE, ConvAE) and plugin (C-MAF, C-RealNVP)::
 
     images ──E──▶ latents ──fit──▶ p(z | y) ──▶ Bayes-rule accuracy, test NLL
                                           └──▶ samples ──D──▶ images ──judge CNN──▶ generation accuracy
 
-``run(config)`` does it all and writes ``metrics.json``, ``report.md`` and PNG figures to
-``config.out``; ``experiments/mnist.py`` is a thin command line over it. Base models and the
-judge CNN are trained once and cached (``config.cache_dir``), so a second run only trains
-the plugins. The validation split (carved from the training images) drives every early
-stopping; the test set is evaluated once, at the end.
+``train_and_evaluate(config, workdir)`` does it all with the shared stages
+(``fpn_jax.experiments.stages``) and writes ``metrics.json``, ``report.md`` and PNG figures
+to ``workdir``; ``experiments/mnist.py`` (the command line), the tests and the notebooks
+call it. ``Config()`` holds the paper's settings and ``quick(config)`` the named overlay for
+a one-minute check of the whole pipeline (the command line's ``--quick``). Base models and
+the judge CNN are trained once and cached (``Config.model_cache``), so a second run only
+trains the plugins. The validation split (carved from the training images) drives every
+early stopping; the test set is evaluated once, at the end.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import platform
-import shutil
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+import os
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fpn_jax import autoencoders, checkpoint, judge, latents, metrics
-from fpn_jax.autoencoders import training
-from fpn_jax.context import one_hot
+from fpn_jax import autoencoders, latents
 from fpn_jax.data import Dataset, load_mnist, subset
-from fpn_jax.experiments import report
-from fpn_jax.experiments.report import BASE_NAMES, PLUGIN_NAMES
+from fpn_jax.evaluation import judge, plots, report
+from fpn_jax.evaluation.report import BASE_NAMES, PLUGIN_NAMES
+from fpn_jax.experiments import stages
 from fpn_jax.flows import ConditionalMAF, ConditionalRealNVP
-from fpn_jax.inference import class_log_likelihoods
-from fpn_jax.loop import TrainConfig
-from fpn_jax.train import fit
+from fpn_jax.train import TrainConfig
+
+__all__ = [
+    "BASES", "PAPER", "PLUGINS", "Config", "base_model", "encode", "evaluate_plugin", "judge_model", "load_data",
+    "make_plugin", "plugin_settings", "plugin_train_config", "quick", "sample_grid", "train_and_evaluate",
+]
 
 BASES = ("conv_vae", "conv_ae")
 PLUGINS = ("maf", "rnvp")
 PAPER = {"maf": 0.9677, "rnvp": 0.9616, "rbf_svm": 0.9603}
-NUM_CLASSES = 10
+"""The paper's MNIST test accuracies (C-MAF and C-RealNVP on the VAE's latents, RBF SVM)."""
+GRID_COLUMNS = 10
+"""Samples per class shown in each ``samples_*.png``."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Everything a run depends on (the command line fills it).
+    """Everything a run depends on; the defaults are the paper's settings (the full run).
+
+    ``quick(config)`` overlays the settings of a quick check; the command line fills the rest.
 
     Attributes:
       data_dir: folder with the four MNIST IDX files; None: tensorflow-datasets.
-      out: run folder for metrics.json, report.md and figures.
+      out: the run folder for metrics.json, report.md and figures (``train_and_evaluate``'s
+        default ``workdir``).
       bases, plugins: which combinations to run.
-      seed: one seed for data split, training and sampling.
-      quick: a small subset (3000 / 1000 / 2000 images), batches of 128 for the base models and
-        256 for the plugins, 3 base epochs: checks the whole pipeline in about a minute.
-      cache_dir: where trained base models and the judge are kept (default: the model cache).
+      seed: one seed for the data split, training and sampling.
+      subset: (train, validation, test) sizes of class-balanced subsets drawn with ``seed``;
+        None: all of MNIST (50,000 / 10,000 / 10,000).
+      cache_dir: where trained base models and the judge are kept; None: the shared model
+        cache (``fpn_jax.autoencoders.cache_dir()``), or ``out/cache`` with ``cache_in_out``.
+      cache_in_out: keep the trained models in ``out/cache`` (for short runs, whose models
+        must not stand in the shared cache for the paper's).
       base_epochs: at most this many epochs per base model (early stopping on validation).
+      base_batch_size: images per base-model training step.
       base_learning_rates: Adam step size per base model (the original code's: 1e-3 VAE, 5e-3 AE).
+      judge_epochs: training epochs of the judge CNN.
       plugin_epochs, plugin_patience: flow training length and early-stopping patience.
+      plugin_batch_size: latents per flow training step.
       vae_sample_latents: encode with z ~ q(z | x) as the original code did, not the mean.
       grid_search: the paper's 5-fold grid search for the baselines (slow).
       samples_per_class: conditional samples per class judged by the CNN.
+      embedding_max_points: points per panel of the t-SNE figure.
     """
 
     data_dir: str | None = None
@@ -71,233 +82,251 @@ class Config:
     bases: tuple[str, ...] = BASES
     plugins: tuple[str, ...] = PLUGINS
     seed: int = 0
-    quick: bool = False
+    subset: tuple[int, int, int] | None = None
     cache_dir: str | None = None
+    cache_in_out: bool = False
     base_epochs: int = 10
+    base_batch_size: int = 1024
     base_learning_rates: tuple[tuple[str, float], ...] = (("conv_vae", 1e-3), ("conv_ae", 5e-3))
+    judge_epochs: int = 3
     plugin_epochs: int = 100
-    plugin_patience: int = 10
+    plugin_patience: int | None = 10
+    plugin_batch_size: int = 1024
     vae_sample_latents: bool = False
     grid_search: bool = False
     samples_per_class: int = 1000
+    embedding_max_points: int = 1000
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name, chosen, allowed in (("bases", self.bases, BASES), ("plugins", self.plugins, PLUGINS)):
-            unknown = sorted(set(chosen) - set(allowed))
-            if unknown or not chosen:
-                raise ValueError(f"Config: `{name}` must be a non-empty subset of {allowed}; got {chosen}.")
+            if not isinstance(chosen, tuple) or not chosen or set(chosen) - set(allowed):
+                raise ValueError(f"Config: `{name}` must be a non-empty tuple of names from {allowed}; got {chosen!r}.")
+        if self.subset is not None and (
+            not isinstance(self.subset, tuple) or len(self.subset) != 3 or not all(_is_int(n, 1) for n in self.subset)
+        ):
+            raise ValueError(
+                f"Config: `subset` must be None or (train, validation, test) sizes >= 1; got {self.subset!r}."
+            )
+        for name in ("base_epochs", "base_batch_size", "judge_epochs", "plugin_epochs", "plugin_batch_size",
+                     "samples_per_class", "embedding_max_points"):
+            if not _is_int(getattr(self, name), 1):
+                raise ValueError(f"Config: `{name}` must be an integer >= 1; got {getattr(self, name)!r}.")
+        if self.plugin_patience is not None and not _is_int(self.plugin_patience, 1):
+            raise ValueError(
+                f"Config: `plugin_patience` must be None or an integer >= 1; got {self.plugin_patience!r}."
+            )
+        missing = sorted(set(self.bases) - set(dict(self.base_learning_rates)))
+        if missing:
+            raise ValueError(f"Config: `base_learning_rates` has no step size for {missing}.")
 
     @property
     def model_cache(self) -> Path:
+        """The folder of the trained base models and judge (see ``cache_dir``)."""
         if self.cache_dir is not None:
             return Path(self.cache_dir)
-        return Path(self.out) / "cache" if self.quick else autoencoders.cache_dir()
+        return Path(self.out) / "cache" if self.cache_in_out else autoencoders.cache_dir()
+
+
+def quick(config: Config | None = None) -> Config:
+    """The quick overlay: ``config`` (default ``Config()``) with the settings of a quick check.
+
+    A balanced 3000 / 1000 / 2000 subset, 3 base epochs in batches of 128, 1 judge epoch,
+    15 plugin epochs in batches of 256, 100 samples per class, 500 t-SNE points, the run
+    folder ``runs/mnist-quick`` and the trained models kept in it (``out/cache``): the whole
+    pipeline in about a minute on a CPU, with numbers that only show it works.
+    ``experiments/mnist.py --quick`` is this overlay, then the other flags.
+    """
+    return dataclasses.replace(
+        Config() if config is None else config,
+        out="runs/mnist-quick", subset=(3000, 1000, 2000), cache_in_out=True, base_epochs=3, base_batch_size=128,
+        judge_epochs=1, plugin_epochs=15, plugin_batch_size=256, samples_per_class=100, embedding_max_points=500,
+    )
 
 
 def plugin_settings(base: str) -> dict[str, Any]:
-    """The paper's plugin hyper-parameters (C-MAF and C-RealNVP alike): 5 layers × 2 blocks;
-    hidden 40 on the VAE, hidden 100 with batch norm (within the conditioner and between
-    layers) on the AE."""
+    """The paper's plugin hyper-parameters (C-MAF and C-RealNVP alike).
+
+    5 layers × 2 blocks; hidden 40 on the VAE, hidden 100 with batch norm (within the
+    conditioner and between layers) on the AE.
+    """
     if base == "conv_vae":
         return dict(hidden_features=40, num_layers=5, num_blocks=2)
     return dict(hidden_features=100, num_layers=5, num_blocks=2, batch_norm_within=True, batch_norm_between=True)
 
 
-class Timer:
-    """Wall time of named stages, in seconds."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 2)
-            print(f"[{name}] {self.seconds[name]:.1f} s", flush=True)
+def plugin_train_config(config: Config) -> TrainConfig:
+    """The plugins' optimisation settings: Adam 1e-3, ``plugin_*`` epochs, patience and batch."""
+    return TrainConfig(max_epochs=config.plugin_epochs, patience=config.plugin_patience,
+                       batch_size=config.plugin_batch_size)
 
 
 def load_data(config: Config) -> Dataset:
-    """MNIST with a validation split of 10k (quick: a balanced 3000/1000/2000 subset)."""
+    """MNIST with a validation split of 10k carved from the training images (or ``config.subset``)."""
     data = load_mnist(config.data_dir, seed=config.seed)
-    if config.quick:
-        data = dataclasses.replace(
-            data,
-            train=subset(data.train, 3000, seed=config.seed),
-            validation=subset(data.validation, 1000, seed=config.seed),
-            test=subset(data.test, 2000, seed=config.seed),
-        )
-    return data
+    if config.subset is None:
+        return data
+    sizes = dict(zip(stages.SPLITS, config.subset, strict=True))
+    return dataclasses.replace(data, **{s: subset(getattr(data, s), n, seed=config.seed) for s, n in sizes.items()})
 
 
 def base_model(name: str, data: Dataset, config: Config) -> tuple[autoencoders.Autoencoder, dict[str, Any]]:
-    """The frozen base model, trained (and cached; resumed if interrupted) unless cached."""
-    folder = config.model_cache / name
-    if (folder / "best").exists() and not (folder / "resume").exists():
-        model = autoencoders.load(folder)
-        extra = checkpoint.read_meta(folder / "best")["extra"]
-        return model, {"cached": True, "best_epoch": extra["epoch"], "val_loss": extra["val_loss"]}
+    """The frozen base model ``name`` from ``config.model_cache``, trained there (resumably) if absent."""
     rate = dict(config.base_learning_rates)[name]
-    model = autoencoders.create(name, seed=config.seed)
-    quick = dict(max_epochs=3, batch_size=128) if config.quick else dict(max_epochs=config.base_epochs)
-    settings = training.default_config(model, learning_rate=rate, **quick)
-    history = training.train(
-        model, data.train.images, key=jax.random.key(config.seed), config=settings,
-        validation=data.validation.images, checkpoint_dir=folder,
+    settings = dict(learning_rate=rate, max_epochs=config.base_epochs, batch_size=config.base_batch_size)
+    return stages.cached_base_model(
+        config.model_cache / name, lambda: autoencoders.create(name, seed=config.seed), data,
+        key=jax.random.key(config.seed), train_settings=settings,
     )
-    _drop_resume_state(folder)
-    return model, {"cached": False, "epochs": len(history.train_loss), "best_epoch": history.best_epoch,
-                   "val_loss": history.val_loss[history.best_epoch], "train_seconds": round(history.seconds, 1),
-                   "learning_rate": rate}
 
 
 def judge_model(data: Dataset, config: Config) -> tuple[judge.DigitCNN, dict[str, Any]]:
     """The independent CNN that judges generated digits (cached like the base models)."""
-    folder = config.model_cache / "judge"
-    if folder.exists():
-        model = checkpoint.load(folder, expect=judge.DigitCNN)
-        return model, checkpoint.read_meta(folder)["extra"]
-    model, info = judge.train_judge(
-        data.train.images, data.train.labels, key=jax.random.key(config.seed + 1),
-        epochs=1 if config.quick else 3, validation=(data.validation.images, data.validation.labels),
+    return stages.cached_judge(
+        config.model_cache / "judge", data, key=jax.random.key(config.seed + 1),
+        config=judge.default_config(max_epochs=config.judge_epochs),
     )
-    test_accuracy = metrics.accuracy(np.asarray(judge.predict(model, data.test.images)), data.test.labels)
-    extra = {"test_accuracy": test_accuracy, "epochs": len(info.train_loss), "train_seconds": round(info.seconds, 1)}
-    checkpoint.save(folder, model, extra=extra, overwrite=True)
-    return model, extra
 
 
-def encode_splits(model: autoencoders.Autoencoder, data: Dataset, config: Config) -> dict[str, np.ndarray]:
-    """Latents of train / validation / test, computed once (VAE: the posterior mean by default)."""
-    keys = jax.random.split(jax.random.key(config.seed + 2), 3)
+def encode(model: autoencoders.Autoencoder, data: Dataset, config: Config) -> dict[str, np.ndarray]:
+    """Latents of every split (the VAE: its posterior mean, or a sample with ``vae_sample_latents``)."""
     sample = config.vae_sample_latents and isinstance(model, autoencoders.ConvVAE)
-    return {
-        split: latents.encode(model, getattr(data, split).images, key=k if sample else None)
-        for split, k in zip(("train", "validation", "test"), keys, strict=True)
-    }
+    return stages.encode_splits(model, data, key=jax.random.key(config.seed + 2) if sample else None)
 
 
-def make_plugin(base: str, plugin: str, latent_features: int, seed: int) -> ConditionalMAF | ConditionalRealNVP:
+def make_plugin(
+    base: str, plugin: str, latent_features: int, context_features: int, seed: int
+) -> ConditionalMAF | ConditionalRealNVP:
+    """A fresh C-MAF (``"maf"``) or C-RealNVP (``"rnvp"``) with the paper's settings for ``base``."""
     cls = ConditionalMAF if plugin == "maf" else ConditionalRealNVP
-    return cls(latent_features, NUM_CLASSES, **plugin_settings(base), rngs=nnx.Rngs(seed))
+    return cls(latent_features, context_features, **plugin_settings(base), rngs=nnx.Rngs(seed))
 
 
 def evaluate_plugin(
-    flow, z: dict[str, np.ndarray], data: Dataset, base_model_: autoencoders.Autoencoder,
-    judge_: judge.DigitCNN, config: Config, out: Path, tag: str,
+    flow: ConditionalMAF | ConditionalRealNVP, z: dict[str, np.ndarray], data: Dataset,
+    base: autoencoders.Autoencoder, judge_: judge.DigitCNN, config: Config, out: Path, tag: str,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Bayes-rule accuracies, test NLL, samples and their judged accuracy; figures into ``out``."""
-    prior = np.bincount(data.train.labels, minlength=NUM_CLASSES) / len(data.train.labels)
-    log_prior = np.log(prior)
-    ll_test = np.asarray(class_log_likelihoods(flow, z["test"]))
-    ll_train = np.asarray(class_log_likelihoods(flow, z["train"]))
-    y_test, y_train = data.test.labels, data.train.labels
-    result = {
-        "test_accuracy": metrics.accuracy(ll_test.argmax(1), y_test),
-        "test_accuracy_prior": metrics.accuracy((ll_test + log_prior).argmax(1), y_test),
-        "train_accuracy": metrics.accuracy(ll_train.argmax(1), y_train),
-        "test_nll": float(-np.mean(ll_test[np.arange(len(y_test)), y_test])),
-        "test_nll_per_dim": float(-np.mean(ll_test[np.arange(len(y_test)), y_test]) / flow.features),
-    }
-    labels = np.repeat(np.arange(NUM_CLASSES), config.samples_per_class)
-    # A sample that overflowed (the sampling direction divides by the learned scales) is
-    # counted, reported, and judged wrong; it is not decoded.
-    samples = np.asarray(flow.sample(
-        jax.random.key(config.seed + 3), one_hot(jnp.asarray(labels), NUM_CLASSES), allow_overflow=True
-    ))
-    finite = np.isfinite(samples).all(axis=1)
-    judged = np.full(len(labels), -1)
-    images = latents.decode(base_model_, samples[finite])
-    judged[finite] = np.asarray(judge.predict(judge_, images))
-    per_class = metrics.per_class_accuracy(judged, labels, NUM_CLASSES)
-    result["generation_accuracy"] = metrics.accuracy(judged, labels)
-    result["generation_accuracy_per_class"] = [round(float(a), 4) for a in per_class]
-    result["non_finite_samples"] = int((~finite).sum())
-    first = np.concatenate([np.flatnonzero(finite & (labels == k))[:10] for k in range(NUM_CLASSES)])
-    row_in_images = np.cumsum(finite) - 1  # images holds the finite samples only, in order
-    grid = images[row_in_images[first]].reshape(NUM_CLASSES, 10, *images.shape[1:])
-    from fpn_jax import plots
+    """Bayes-rule accuracies, test NLL, samples and their judged accuracy; ``samples_<tag>.png`` into ``out``.
 
-    plots.image_grid(grid, out / f"samples_{tag}.png", row_labels=[str(k) for k in range(NUM_CLASSES)],
+    Returns:
+      ``(result, extra)``: the metrics, and the finite ``"samples"`` (F, D) with their
+      ``"labels"`` (F,) and the judge's ``"per_class"`` accuracy (K,).
+    """
+    result = stages.evaluate_classification(flow, z, data)
+    samples, labels = stages.sample_per_class(flow, data, config.samples_per_class, key=jax.random.key(config.seed + 3))
+    generation, images, finite = stages.generation_accuracy(samples, labels, base, judge_, data.num_classes)
+    result.update(generation)
+    grid = sample_grid(images, labels[finite], data.num_classes, columns=min(GRID_COLUMNS, config.samples_per_class))
+    plots.image_grid(grid, out / f"samples_{tag}.png", row_labels=[str(k) for k in range(data.num_classes)],
                      title=f"{_display(tag)}: conditional samples (row = class)")
-    return result, {"samples": samples[finite], "labels": labels[finite], "per_class": per_class}
+    extra = {"samples": samples[finite], "labels": labels[finite],
+             "per_class": np.asarray(generation["generation_accuracy_per_class"])}
+    return result, extra
 
 
-def run(config: Config) -> dict[str, Any]:
-    """Runs the whole experiment; returns (and writes) the metrics."""
-    from fpn_jax import plots
+def sample_grid(images: np.ndarray, labels: np.ndarray, num_classes: int, *, columns: int) -> np.ndarray:
+    """The first ``columns`` images of each class as a (K, columns, *image_shape) grid.
 
+    A class with fewer images (overflowed samples are not decoded) is padded with blank
+    (all-ones) images.
+
+    Args:
+      images: (N, *image_shape) decoded samples.
+      labels: (N,) the class each was drawn for.
+      num_classes: K, the rows.
+      columns: images per row.
+    """
+    images, labels = np.asarray(images), np.asarray(labels)
+    if labels.shape != images.shape[:1]:
+        raise ValueError(
+            f"sample_grid: `images` and `labels` must have the same rows; got {images.shape} and {labels.shape}."
+        )
+    grid = np.ones((num_classes, columns, *images.shape[1:]), np.float32)
+    for k in range(num_classes):
+        chosen = images[labels == k][:columns]
+        grid[k, : len(chosen)] = chosen
+    return grid
+
+
+def train_and_evaluate(config: Config, workdir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Runs the whole experiment; writes (and returns) the metrics, the report and the figures.
+
+    Args:
+      config: the settings (``Config()``, ``quick(Config())``, or either with changes).
+      workdir: the run folder (default ``config.out``; it becomes the recorded ``out``).
+
+    Returns:
+      What ``workdir/metrics.json`` holds: the config, environment, data sizes, judge, base
+      models, baselines, per-plugin results and timings.
+    """
+    if workdir is not None:
+        config = dataclasses.replace(config, out=os.fspath(workdir))
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    timer = Timer()
-    metrics_json: dict[str, Any] = {
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()},
-        "environment": {"jax": jax.__version__, "backend": jax.default_backend(),
-                        "devices": [str(d) for d in jax.devices()], "python": platform.python_version()},
-        "paper": PAPER, "base_models": {}, "baselines": {}, "results": {}, "timings": timer.seconds,
+    timer = stages.Timer()
+    record: dict[str, Any] = {
+        "config": _config_record(config), "environment": stages.environment(), "paper": PAPER,
+        "base_models": {}, "baselines": {}, "results": {}, "timings": timer.seconds,
     }
     with timer("data"):
         data = load_data(config)
-    metrics_json["data"] = {"train": len(data.train), "validation": len(data.validation), "test": len(data.test)}
+    record["data"] = {split: len(getattr(data, split)) for split in stages.SPLITS} | {"num_classes": data.num_classes}
     with timer("judge"):
-        judge_, judge_info = judge_model(data, config)
-    metrics_json["judge"] = judge_info
-    histories, per_class_generation = {}, {}
+        judge_, record["judge"] = judge_model(data, config)
+    figures: dict[str, dict[str, Any]] = {"curves": {}, "per_class": {}}
     for base in config.bases:
-        with timer(f"{base}/base_model"):
-            model, info = base_model(base, data, config)
-        metrics_json["base_models"][base] = info
-        with timer(f"{base}/encode"):
-            z = encode_splits(model, data, config)
-            _base_figures(model, z, data, config, out, base)
-        with timer(f"{base}/baselines"):
-            metrics_json["baselines"][base] = metrics.baseline_accuracies(
-                z["train"], data.train.labels, z["test"], data.test.labels,
-                grid_search=config.grid_search, seed=config.seed,
-            )
-        embed_sets = {"test latents": z["test"]}
-        embed_labels = {"test latents": data.test.labels}
-        metrics_json["results"][base] = {}
-        for plugin in config.plugins:
-            tag = f"{base}_{plugin}"
-            flow = make_plugin(base, plugin, model.latent_features, config.seed)
-            contexts = {s: one_hot(jnp.asarray(getattr(data, s).labels), NUM_CLASSES) for s in ("train", "validation")}
-            train_config = TrainConfig(max_epochs=config.plugin_epochs, patience=config.plugin_patience,
-                                       batch_size=256 if config.quick else 1024)
-            with timer(f"{tag}/fit"):
-                history = fit(flow, z["train"], contexts["train"], key=jax.random.key(config.seed + 4),
-                              config=train_config, validation=(z["validation"], contexts["validation"]),
-                              checkpoint_dir=out / "plugins" / tag)
-            histories[f"{BASE_NAMES[base]} {PLUGIN_NAMES[plugin]}"] = {"train_nll": history.train_loss, "val_nll": history.val_loss}
-            with timer(f"{tag}/evaluate"):
-                result, extra = evaluate_plugin(flow, z, data, model, judge_, config, out, tag)
-            result.update(epochs=len(history.train_loss), best_epoch=history.best_epoch,
-                          train_seconds=round(history.seconds, 1))
-            metrics_json["results"][base][plugin] = result
-            per_class_generation[f"{BASE_NAMES[base]} {PLUGIN_NAMES[plugin]}"] = extra["per_class"]
-            embed_sets[f"{PLUGIN_NAMES[plugin]} samples"] = extra["samples"]
-            embed_labels[f"{PLUGIN_NAMES[plugin]} samples"] = extra["labels"]
-            _write(out, metrics_json)  # nothing lost if a later stage fails
-        with timer(f"{base}/embedding"):
-            plots.embedding_2d(embed_sets, embed_labels, out / f"embedding_{base}.png", seed=config.seed,
-                               max_points=500 if config.quick else 1000,
-                               title=f"{BASE_NAMES[base]} latents and plugin samples (t-SNE)")
-    plots.training_curves(histories, out / "training_curves.png", title="Plugin training (NLL per latent)")
-    plots.per_class_bars(per_class_generation, out / "generation_accuracy.png", ylabel="judge accuracy",
+        _run_base(base, data, judge_, config, out, timer, record, figures)
+    plots.training_curves(figures["curves"], out / "training_curves.png", title="Plugin training (NLL per latent)")
+    plots.per_class_bars(figures["per_class"], out / "generation_accuracy.png", ylabel="judge accuracy",
                          title="Does a sample for class k look like a k? (independent CNN)")
-    metrics_json["timings"]["total"] = round(sum(v for k, v in timer.seconds.items() if k != "total"), 2)
-    _write(out, metrics_json)
-    report.write_mnist_report(out, metrics_json)
-    return metrics_json
+    record["timings"]["total"] = timer.total()
+    stages.write_metrics(out, record)
+    report.write_mnist_report(out, record)
+    return record
 
 
-def _base_figures(model, z, data: Dataset, config: Config, out: Path, base: str) -> None:
+def run(config: Config) -> dict[str, Any]:
+    """Deprecated name of ``train_and_evaluate(config)`` (kept for one release)."""
+    return train_and_evaluate(config)
+
+
+def _run_base(
+    base: str, data: Dataset, judge_: judge.DigitCNN, config: Config, out: Path, timer: stages.Timer,
+    record: dict[str, Any], figures: dict[str, dict[str, Any]],
+) -> None:
+    """One base model: train or load it, encode, baselines, then every plugin; fills ``record``."""
+    with timer(f"{base}/base_model"):
+        model, record["base_models"][base] = base_model(base, data, config)
+    with timer(f"{base}/encode"):
+        z = encode(model, data, config)
+        _base_figures(model, z, data, config, out, base)
+    with timer(f"{base}/baselines"):
+        record["baselines"][base] = stages.baselines(z, data, grid_search=config.grid_search, seed=config.seed)
+    embedded = {"test latents": (z["test"], data.test.labels)}
+    record["results"][base] = {}
+    for plugin in config.plugins:
+        tag, name = f"{base}_{plugin}", f"{BASE_NAMES[base]} {PLUGIN_NAMES[plugin]}"
+        flow = make_plugin(base, plugin, model.latent_features, data.context_features, config.seed)
+        with timer(f"{tag}/fit"):
+            history = stages.fit_plugin(flow, z, data, key=jax.random.key(config.seed + 4),
+                                        config=plugin_train_config(config), checkpoint_dir=out / "plugins" / tag)
+        figures["curves"][name] = {"train_nll": history.train_loss, "val_nll": history.val_loss}
+        with timer(f"{tag}/evaluate"):
+            result, extra = evaluate_plugin(flow, z, data, model, judge_, config, out, tag)
+        record["results"][base][plugin] = result | stages.history_record(history)
+        figures["per_class"][name] = extra["per_class"]
+        embedded[f"{PLUGIN_NAMES[plugin]} samples"] = (extra["samples"], extra["labels"])
+        stages.write_metrics(out, record)  # nothing lost if a later stage fails
+    with timer(f"{base}/embedding"):
+        plots.embedding_2d({k: v[0] for k, v in embedded.items()}, {k: v[1] for k, v in embedded.items()},
+                           out / f"embedding_{base}.png", seed=config.seed, max_points=config.embedding_max_points,
+                           title=f"{BASE_NAMES[base]} latents and plugin samples (t-SNE)")
+
+
+def _base_figures(
+    model: autoencoders.Autoencoder, z: dict[str, np.ndarray], data: Dataset, config: Config, out: Path, base: str
+) -> None:
     """Reconstructions of test images and the base model's own unconditional samples."""
-    from fpn_jax import plots
-
-    originals = data.test.images[:20]
+    originals = data.test.inputs[:20]
     plots.reconstructions(originals, latents.decode(model, z["test"][:20]), out / f"reconstructions_{base}.png",
                           title=f"{BASE_NAMES[base]}: test images (top) and reconstructions")
     key = jax.random.key(config.seed + 5)
@@ -312,24 +341,15 @@ def _base_figures(model, z, data: Dataset, config: Config, out: Path, base: str)
                      title=f"{BASE_NAMES[base]}: unconditional samples, {what}")
 
 
+def _config_record(config: Config) -> dict[str, Any]:
+    """The config as JSON."""
+    return stages.config_record(config)
+
+
 def _display(tag: str) -> str:
     base, plugin = tag.rsplit("_", 1)
     return f"{BASE_NAMES[base]} + {PLUGIN_NAMES[plugin]}"
 
 
-def _drop_resume_state(folder: Path) -> None:
-    shutil.rmtree(folder / "resume", ignore_errors=True)
-
-
-def _write(out: Path, metrics_json: dict[str, Any]) -> None:
-    temporary = out / ".metrics.json.tmp"
-    temporary.write_text(json.dumps(metrics_json, indent=2, default=_jsonable))
-    temporary.replace(out / "metrics.json")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON-able: {type(value).__name__}")
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= low

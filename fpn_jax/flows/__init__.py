@@ -6,9 +6,9 @@ from fpn_jax.flows.bijector import Bijector, Chain, Constant, Reverse
 from fpn_jax.flows.coupling import AffineCoupling
 from fpn_jax.flows.flow import ConditionalFlow
 from fpn_jax.flows.maf import ConditionalMAF
-from fpn_jax.flows.nets import MADE, ResidualNet
 from fpn_jax.flows.realnvp import ConditionalRealNVP
 from fpn_jax.flows.stack import Repeat
+from fpn_jax.nn import MADE, ResidualNet
 
 __all__ = [
     "AffineCoupling",

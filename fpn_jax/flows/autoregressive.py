@@ -1,4 +1,4 @@
-"""Masked affine autoregressive transform (the layer of MAF).
+"""Masked affine autoregressive transform (the layer of MAF; Papamakarios et al., 2017).
 
 Data → noise (``inverse``, one MADE pass)::
 
@@ -24,11 +24,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fpn_jax.flows.bijector import Bijector
-from fpn_jax.flows.nets import MADE, Activation
 from fpn_jax.flows.scale import initial_raw_scale, positive_scale, start_near_identity
-from fpn_jax.flows.stack import is_training
+from fpn_jax.nn import MADE, Activation
+from fpn_jax.nn.mode import is_training
+from fpn_jax.typing import Array
 
-Array = jax.Array
 
 class MaskedAffineAutoregressive(Bijector):
     """One MAF layer: an affine map whose parameters come from a conditional MADE.
@@ -75,10 +75,12 @@ class MaskedAffineAutoregressive(Bijector):
         return positive_scale(params[..., 0]), params[..., 1]
 
     def inverse_and_log_det(self, y, context=None, *, key=None):
+        """Data → noise: ``u = s(y_<i) y + m(y_<i)``, ``log|det| = Σ_i log s_i`` (one MADE pass)."""
         scale, shift = self.scale_and_shift(y, context, key)
         return scale * y + shift, jnp.sum(jnp.log(scale), axis=-1)
 
     def forward_and_log_det(self, x, context=None, *, key=None):
+        """Noise → data: ``y_i = (x_i - m_i) / s_i`` solved degree by degree, ``log|det| = -Σ_i log s_i``."""
         if is_training(self.made):
             raise RuntimeError(
                 "MaskedAffineAutoregressive: sampling (noise -> data) with batch norm inside "
@@ -95,9 +97,11 @@ class MaskedAffineAutoregressive(Bijector):
         return y, -jnp.sum(log_scale, axis=-1)
 
     def forward_and_log_det_by_passes(self, x, context=None, *, key=None):
-        """The same inversion as D full MADE passes (``lax.fori_loop``), pass k making
-        coordinate k exact; the reference for ``forward_and_log_det`` and the path taken
-        when dropout is active."""
+        """Noise → data by the same inversion as D full MADE passes (``lax.fori_loop``).
+
+        Pass k makes coordinate k exact; this is the reference for ``forward_and_log_det`` and
+        the path taken when dropout is active.
+        """
 
         def solve_one_more(_, carry):
             y, _ = carry

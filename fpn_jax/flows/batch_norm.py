@@ -1,5 +1,7 @@
 """Batch normalisation as a bijector (between flow layers), as in nflows 0.14 / MAF.
 
+References: Dinh et al., 2017, section 3.7; Papamakarios et al., 2017.
+
 Data → noise (``inverse``), with ``w = softplus(w̃) + ε`` > 0::
 
     u = w ⊙ (y - μ) / sqrt(σ² + ε) + b,      log|det ∂u/∂y| = Σ_i [log w_i - ½ log(σ²_i + ε)]
@@ -20,8 +22,7 @@ import numpy as np
 from flax import nnx
 
 from fpn_jax.flows.bijector import Bijector
-
-Array = jax.Array
+from fpn_jax.typing import Array
 
 
 class BatchNormBijector(Bijector):
@@ -43,9 +44,11 @@ class BatchNormBijector(Bijector):
         self.use_running_average = True
 
     def weight(self) -> Array:
+        """``w = softplus(w̃) + ε`` (D,), the positive scale."""
         return jax.nn.softplus(self.unconstrained_weight[...]) + self.eps
 
     def inverse_and_log_det(self, y, context=None, *, key=None):
+        """Data → noise: ``u = w (y - μ) / sqrt(σ² + ε) + b`` (batch statistics in training mode)."""
         if self.use_running_average:
             mean, var = self.running_mean[...], self.running_var[...]
         else:
@@ -60,6 +63,7 @@ class BatchNormBijector(Bijector):
         return u, jnp.broadcast_to(log_det, y.shape[:-1])
 
     def forward_and_log_det(self, x, context=None, *, key=None):
+        """Noise → data: ``y = sqrt(σ² + ε) (x - b) / w + μ`` with the running statistics."""
         if not self.use_running_average:
             raise RuntimeError(
                 "BatchNormBijector: the noise -> data direction (sampling, from_noise) is only "

@@ -23,34 +23,28 @@ fpn-jax it is ``inverse``. The change of variables for a flow ``y = f(x)``, ``x 
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
+from jaxtyping import Float
 
-Array = jax.Array
+from fpn_jax.nn.keys import split_key
+from fpn_jax.typing import Array, Key, LogDet
 
 
 class Bijector(nnx.Module):
     """Base class: an invertible map with a tractable Jacobian determinant."""
 
     def forward_and_log_det(
-        self, x: Array, context: Array | None = None, *, key: Array | None = None
-    ) -> tuple[Array, Array]:
+        self, x: Float[Array, "N D"], context: Float[Array, "N C"] | None = None, *, key: Key | None = None
+    ) -> tuple[Float[Array, "N D"], LogDet]:
         """Noise → data: ``y = f(x | c)`` and ``log|det ∂y/∂x|``, shapes (N, D) and (N,)."""
         raise NotImplementedError
 
     def inverse_and_log_det(
-        self, y: Array, context: Array | None = None, *, key: Array | None = None
-    ) -> tuple[Array, Array]:
+        self, y: Float[Array, "N D"], context: Float[Array, "N C"] | None = None, *, key: Key | None = None
+    ) -> tuple[Float[Array, "N D"], LogDet]:
         """Data → noise: ``x = f⁻¹(y | c)`` and ``log|det ∂x/∂y|``, shapes (N, D) and (N,)."""
         raise NotImplementedError
-
-
-def split_key(key: Array | None, num: int) -> list[Array | None]:
-    """Splits ``key`` into ``num`` keys, or returns ``num`` Nones for a missing key."""
-    if key is None:
-        return [None] * num
-    return list(jax.random.split(key, num))
 
 
 class Chain(Bijector):
@@ -65,17 +59,19 @@ class Chain(Bijector):
         self.bijectors = nnx.List(bijectors)
 
     def forward_and_log_det(self, x, context=None, *, key=None):
+        """Noise → data: ``f_{K-1}`` first, ``f_0`` last; the log-dets add up."""
         log_det = jnp.zeros(x.shape[:-1], x.dtype)
         keys = split_key(key, len(self.bijectors))
-        for bijector, k in zip(reversed(self.bijectors), reversed(keys)):
+        for bijector, k in zip(reversed(self.bijectors), reversed(keys), strict=True):
             x, ld = bijector.forward_and_log_det(x, context, key=k)
             log_det = log_det + ld
         return x, log_det
 
     def inverse_and_log_det(self, y, context=None, *, key=None):
+        """Data → noise: ``f_0⁻¹`` first; the log-dets add up."""
         log_det = jnp.zeros(y.shape[:-1], y.dtype)
         keys = split_key(key, len(self.bijectors))
-        for bijector, k in zip(self.bijectors, keys):
+        for bijector, k in zip(self.bijectors, keys, strict=True):
             y, ld = bijector.inverse_and_log_det(y, context, key=k)
             log_det = log_det + ld
         return y, log_det
@@ -85,9 +81,11 @@ class Reverse(Bijector):
     """Reverses the order of the features: ``y_i = x_{D-1-i}``; volume preserving."""
 
     def forward_and_log_det(self, x, context=None, *, key=None):
+        """``y = x[..., ::-1]``, log-det 0."""
         return x[..., ::-1], jnp.zeros(x.shape[:-1], x.dtype)
 
     def inverse_and_log_det(self, y, context=None, *, key=None):
+        """``x = y[..., ::-1]``, log-det 0."""
         return y[..., ::-1], jnp.zeros(y.shape[:-1], y.dtype)
 
 

@@ -1,5 +1,7 @@
 """Affine coupling with a checkerboard mask over the feature vector (the layer of RealNVP).
 
+Reference: Dinh et al., 2017.
+
 With ``m_i = 1`` on the transformed positions (odd i when ``parity`` = 0, even i when 1) and
 ``y_id = y ⊙ (1 - m)`` the positions left unchanged, data → noise (``inverse``) is::
 
@@ -24,10 +26,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fpn_jax.flows.bijector import Bijector, Constant
-from fpn_jax.flows.nets import Activation, ResidualNet
 from fpn_jax.flows.scale import check_scale_function, initial_raw_scale, positive_scale, start_near_identity
-
-Array = jax.Array
+from fpn_jax.nn import Activation, ResidualNet
+from fpn_jax.typing import Array
 
 
 class AffineCoupling(Bijector):
@@ -85,12 +86,14 @@ class AffineCoupling(Bijector):
         return positive_scale(raw_scale, self.scale_function), shift
 
     def inverse_and_log_det(self, y, context=None, *, key=None):
+        """Data → noise: ``u = y_id + m ⊙ (s y + t)``, ``log|det| = Σ_i m_i log s_i``."""
         m = self.transformed()
         scale, shift = self._scale_and_shift(jnp.where(m, 0.0, y), context, key)
         log_det = jnp.sum(jnp.where(m, jnp.log(scale), 0.0), axis=-1)
         return jnp.where(m, scale * y + shift, y), log_det
 
     def forward_and_log_det(self, x, context=None, *, key=None):
+        """Noise → data: ``y = x_id + m ⊙ (x - t) / s``, ``log|det| = -Σ_i m_i log s_i``."""
         m = self.transformed()
         scale, shift = self._scale_and_shift(jnp.where(m, 0.0, x), context, key)
         log_det = -jnp.sum(jnp.where(m, jnp.log(scale), 0.0), axis=-1)

@@ -1,5 +1,8 @@
 """``ConditionalFlow``: a standard normal pushed through a conditional bijector.
 
+The plugin of Flow Plugin Networks (Wielopolski, Koperski, Zięba, "Flow Plugin Network for
+conditional generation"): a conditional density ``p(z | y)`` over a frozen autoencoder's latents.
+
 ``z = T(u | y)`` with ``u ~ N(0, I_D)``; by the change of variables::
 
     log p(z | y) = log N(T⁻¹(z | y); 0, I) + log|det ∂T⁻¹/∂z|
@@ -20,11 +23,13 @@ naming the rows; the sampling methods take ``allow_overflow=True`` to return suc
 as they are instead. Precision: ``from_noise(to_noise(z))`` recovers ``z`` to float32
 precision for latents of the training data's scale; far outside it (|z| ~ 1e4) the noise →
 data direction subtracts large shifts and divides by scales down to 1e-3, and the round trip
-can be off by tens of percent while staying finite (float64 parameters would fix it). Called with concrete
-arrays, each method runs a cached, jit-compiled program (a ``jax.jit`` of the split model) with the rows split
-over all devices (``fpn_jax.parallel``). Called inside a JAX
-transformation (your own ``jax.jit``, ``jax.vmap``, ``jax.grad``...), it traces inline, so
-it composes with them; value checks are then skipped (they need the values). For hot loops, split the model once and merge inside your function::
+can be off by tens of percent while staying finite (float64 parameters would fix it).
+Called with concrete arrays, each method runs a cached, jit-compiled program (a ``jax.jit``
+of the split model) with the rows split over all devices (``fpn_jax.runtime.mesh``,
+``fpn_jax.parallel``). Called inside a JAX transformation (your own ``jax.jit``,
+``jax.vmap``, ``jax.grad``...), it traces inline, so it composes with them; value checks
+are then skipped (they need the values). For hot loops, split the model once and merge
+inside your function::
 
     graphdef, state = nnx.split(flow)
 
@@ -34,7 +39,7 @@ it composes with them; value checks are then skipped (they need the values). For
 
 In training mode batch norm updates its running statistics on the merged copy: merge with
 ``copy=True`` inside ``jax.grad``/``jax.vmap`` and read them back with
-``nnx.state(model, nnx.BatchStat)`` (``fpn_jax.train.fit`` does exactly this).
+``nnx.state(model, nnx.BatchStat)`` (``fpn_jax.fit`` does exactly this).
 """
 
 from __future__ import annotations
@@ -42,16 +47,15 @@ from __future__ import annotations
 import functools
 
 import distrax
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fpn_jax import _checks, _compiler, parallel
+from fpn_jax import validation as checks
 from fpn_jax.flows.bijector import Bijector
-from fpn_jax.flows.nets import Linear
-from fpn_jax.flows.stack import is_training
-
-Array = jax.Array
+from fpn_jax.nn import Linear
+from fpn_jax.nn.mode import is_training
+from fpn_jax.runtime import dispatch
+from fpn_jax.typing import Array, Context, Key, Latents, LogProb, Noise
 
 
 class ConditionalFlow(nnx.Module):
@@ -79,16 +83,16 @@ class ConditionalFlow(nnx.Module):
         rngs: nnx.Rngs,
     ):
         name = type(self).__name__
-        self.features = _checks.positive_int(features, name="features", where=name)
-        self.context_features = _checks.positive_int(context_features, name="context_features", where=name)
+        self.features = checks.positive_int(features, name="features", where=name)
+        self.context_features = checks.positive_int(context_features, name="context_features", where=name)
         if embedding_features is None:
             self.embedding = None
         else:
-            e = _checks.positive_int(embedding_features, name="embedding_features", where=name)
+            e = checks.positive_int(embedding_features, name="embedding_features", where=name)
             self.embedding = Linear(self.context_features, e, rngs=rngs)
 
     hyperparameters: tuple[tuple[str, object], ...] = ()
-    # Core methods compiled without fpn_jax._compiler's options (faster without, measured).
+    # Core methods compiled without fpn_jax.runtime.compiler's options (faster without, measured).
     untuned_methods: frozenset[str] = frozenset()
 
     @property
@@ -107,6 +111,7 @@ class ConditionalFlow(nnx.Module):
         return distrax.MultivariateNormalDiag(jnp.zeros(self.features))
 
     def embed(self, context: Array) -> Array:
+        """The context the layers see: ``y``, or ``y E + b`` with an embedding; (N, C) → (N, E)."""
         return context if self.embedding is None else self.embedding(context)
 
     def _log_prob(self, z: Array, context: Array, key: Array | None) -> Array:
@@ -128,7 +133,7 @@ class ConditionalFlow(nnx.Module):
         return self._from_noise_and_log_prob(u, context)
 
     # ----------------------------------------------------------------- public API
-    def log_prob(self, z: Array, context: Array, *, key: Array | None = None) -> Array:
+    def log_prob(self, z: Latents, context: Context, *, key: Key | None = None) -> LogProb:
         """``log p(z | context)``, shape (N,).
 
         Args:
@@ -150,22 +155,22 @@ class ConditionalFlow(nnx.Module):
                 f"and needs N >= 2 rows; got N = {z.shape[0]}. Call model.eval() to use running statistics."
             )
         if key is not None:
-            key = _checks.check_key(key, where=where)
+            key = checks.check_key(key, where=where)
         out = self._dispatch("_log_prob", z, context, key=key)
-        _checks.check_overflow(out, what="log_prob", where=where, hint=_FAR_OUT)
+        checks.check_overflow(out, what="log_prob", where=where, hint=_FAR_OUT)
         return out
 
-    def to_noise(self, z: Array, context: Array) -> Array:
+    def to_noise(self, z: Latents, context: Context) -> Noise:
         """``u = T⁻¹(z | context)``, (N, D): the noise that generates ``z`` under ``context``.
 
         Raises as ``log_prob``.
         """
         z, context = self._check_pair("to_noise", "z", z, context)
         out = self._dispatch("_to_noise", z, context)
-        _checks.check_overflow(out, what="the noise", where=f"{type(self).__name__}.to_noise", hint=_FAR_OUT)
+        checks.check_overflow(out, what="the noise", where=f"{type(self).__name__}.to_noise", hint=_FAR_OUT)
         return out
 
-    def from_noise(self, u: Array, context: Array, *, allow_overflow: bool = False) -> Array:
+    def from_noise(self, u: Noise, context: Context, *, allow_overflow: bool = False) -> Latents:
         """``z = T(u | context)``, (N, D).
 
         Raises:
@@ -179,17 +184,19 @@ class ConditionalFlow(nnx.Module):
         u, context = self._check_pair("from_noise", "u", u, context)
         out = self._dispatch("_from_noise", u, context, sampling="from_noise")
         if not allow_overflow:
-            _checks.check_overflow(out, what="z", where=f"{type(self).__name__}.from_noise", hint=_SAMPLING)
+            checks.check_overflow(out, what="z", where=f"{type(self).__name__}.from_noise", hint=_SAMPLING)
         return out
 
-    def sample(self, key: Array, context: Array, *, allow_overflow: bool = False) -> Array:
+    def sample(self, key: Key, context: Context, *, allow_overflow: bool = False) -> Latents:
         """One sample ``z ~ p(z | context_n)`` per context row, (N, D).
 
         Raises as ``sample_and_log_prob``.
         """
         return self.sample_and_log_prob(key, context, allow_overflow=allow_overflow)[0]
 
-    def sample_and_log_prob(self, key: Array, context: Array, *, allow_overflow: bool = False) -> tuple[Array, Array]:
+    def sample_and_log_prob(
+        self, key: Key, context: Context, *, allow_overflow: bool = False
+    ) -> tuple[Latents, LogProb]:
         """Samples (N, D) and their ``log p(z | context)`` (N,), in one pass.
 
         Raises:
@@ -200,24 +207,24 @@ class ConditionalFlow(nnx.Module):
             them with ``np.isfinite(z).all(1)``).
         """
         where = f"{type(self).__name__}.sample"
-        key = _checks.check_key(key, where=where)
+        key = checks.check_key(key, where=where)
         context = self._check_context(where, context)
         out = self._dispatch("_sample_and_log_prob", context, key=key, sampling="sample")
         if not allow_overflow:
-            _checks.check_overflow(out, what="the sample", where=where, hint=_SAMPLING)
+            checks.check_overflow(out, what="the sample", where=where, hint=_SAMPLING)
         return out
 
     # ----------------------------------------------------------------- helpers
     def _check_context(self, where: str, context: Array) -> Array:
-        return _checks.as_float_matrix(
+        return checks.as_float_matrix(
             context, name="context", width=self.context_features, where=where, width_name="context_features"
         )
 
     def _check_pair(self, method: str, name: str, x: Array, context: Array) -> tuple[Array, Array]:
         where = f"{type(self).__name__}.{method}"
-        x = _checks.as_float_matrix(x, name=name, width=self.features, where=where, width_name="features")
+        x = checks.as_float_matrix(x, name=name, width=self.features, where=where, width_name="features")
         context = self._check_context(where, context)
-        _checks.same_rows(where, **{name: x, "context": context})
+        checks.same_rows(where, **{name: x, "context": context})
         return x, context
 
     def _check_can_sample(self, method: str, training: bool) -> None:
@@ -228,32 +235,15 @@ class ConditionalFlow(nnx.Module):
             )
 
     def _dispatch(self, method: str, *rows: Array, sampling: str | None = None, **kwargs: Array | None):
-        """Runs ``self.<method>(*rows, **kwargs)`` jit-compiled, or inline when already being traced.
+        """Runs ``self.<method>(*rows, **kwargs)`` compiled, or inline under a transformation.
 
-        Compiled, the rows (row-aligned arrays) are padded to a multiple of the device count and
-        split over the devices, and the module's state is replicated (``fpn_jax.parallel``).
-        ``sampling`` names a public sampling method, which needs eval mode.
-
-        The module is traversed once (``nnx.split``, about 0.5 ms); in eval mode the split
-        state goes straight into a ``jax.jit`` function of ``(graphdef, state, rows)``, which
-        skips ``nnx.jit``'s own traversals (a 10-row call: 2.5 → 1.6 ms). Training
-        mode (batch norm updating its statistics in place) keeps ``nnx.jit``.
+        The dispatch is ``fpn_jax.runtime.dispatch.call``; ``sampling`` names a public sampling
+        method, which needs eval mode.
         """
-        graphdef, state = nnx.split(self)
-        if _checks.is_traced(rows, kwargs, state):
-            if sampling is not None:
-                self._check_can_sample(sampling, is_training(self))
-            return getattr(self, method)(*rows, **kwargs)
-        training = _is_training(graphdef, self)
-        if sampling is not None:
-            self._check_can_sample(sampling, training)
-        if not parallel.is_replicated(state):
-            state = parallel.replicate(state)
-            nnx.update(self, state)
-        if training:
-            return parallel.call_on_rows(functools.partial(_jitted(method), self), *rows, **kwargs)
-        run = _pure(method, method not in self.untuned_methods)
-        return parallel.call_on_rows(functools.partial(run, graphdef, state), *rows, **kwargs)
+        check_mode = None if sampling is None else functools.partial(self._check_can_sample, sampling)
+        return dispatch.call(
+            self, method, *rows, tuned=method not in self.untuned_methods, check_mode=check_mode, **kwargs
+        )
 
 
 _FAR_OUT = "The latents probably lie far outside the data the flow was trained on."
@@ -261,34 +251,3 @@ _SAMPLING = (
     "Sampling divides by the learned scales (down to 1e-3 per layer); pass allow_overflow=True "
     "to get such rows as they are and drop them with np.isfinite(z).all(axis=1)."
 )
-
-
-@functools.cache
-def _jitted(method: str):
-    """One ``nnx.jit`` per core method; it caches a compilation per model structure."""
-    return nnx.jit(lambda flow, *rows, **kwargs: getattr(flow, method)(*rows, **kwargs))
-
-
-@functools.cache
-def _pure(method: str, tuned: bool = True):
-    """``method`` as a pure ``jax.jit`` function of ``(graphdef, state, *rows, **kwargs)``,
-    for modules whose state the method does not change (eval mode); ``tuned``: compiled with
-    ``fpn_jax._compiler``'s options."""
-
-    def run(graphdef: nnx.GraphDef, state: nnx.State, *rows: Array, **kwargs: Array | None):
-        return getattr(nnx.merge(graphdef, state), method)(*rows, **kwargs)
-
-    return _compiler.jit(run, static_argnums=0) if tuned else jax.jit(run, static_argnums=0)
-
-
-_TRAINING: dict[nnx.GraphDef, bool] = {}
-
-
-def _is_training(graphdef: nnx.GraphDef, module: nnx.Module) -> bool:
-    """``is_training(module)``, cached by graph definition (batch norm's mode is a static
-    attribute, part of the graphdef): the module walk costs about 0.7 ms."""
-    if graphdef not in _TRAINING:
-        if len(_TRAINING) > 256:
-            _TRAINING.clear()
-        _TRAINING[graphdef] = is_training(module)
-    return _TRAINING[graphdef]

@@ -1,5 +1,9 @@
 """Conditional masked autoregressive flow (C-MAF), as in the FPN paper.
 
+Papamakarios, Pavlakou, Murray, "Masked Autoregressive Flow for Density Estimation"
+(NeurIPS 2017), with MADE conditioners (Germain et al., 2015), used as the plugin of Flow
+Plugin Networks (Wielopolski, Koperski, Zięba).
+
 ``T⁻¹ = L_{K-1}⁻¹ ∘ … ∘ L_0⁻¹`` (data → noise), each layer, data side first::
 
     L = Reverse ∘ MaskedAffineAutoregressive ∘ [BatchNormBijector]
@@ -14,25 +18,26 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from fpn_jax import _checks, checkpoint
+from fpn_jax import registry
+from fpn_jax import validation as checks
 from fpn_jax.flows.autoregressive import MaskedAffineAutoregressive
 from fpn_jax.flows.batch_norm import BatchNormBijector
 from fpn_jax.flows.bijector import Chain, Reverse
 from fpn_jax.flows.flow import ConditionalFlow
-from fpn_jax.flows.nets import Activation, activation_from_name, activation_name
 from fpn_jax.flows.stack import Repeat
+from fpn_jax.nn import Activation, activation_from_name, activation_name
 
 
 def check_hyperparameters(where: str, hidden_features, num_layers, num_blocks, dropout) -> None:
     """Shared validation of the flows' constructor arguments."""
-    _checks.positive_int(hidden_features, name="hidden_features", where=where)
-    _checks.positive_int(num_layers, name="num_layers", where=where)
-    _checks.positive_int(num_blocks, name="num_blocks", where=where, allow_zero=True)
+    checks.positive_int(hidden_features, name="hidden_features", where=where)
+    checks.positive_int(num_layers, name="num_layers", where=where)
+    checks.positive_int(num_blocks, name="num_blocks", where=where, allow_zero=True)
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"{where}: `dropout` must be in [0, 1); got {dropout!r}.")
 
 
-@checkpoint.register("conditional_maf")
+@registry.register("conditional_maf")
 class ConditionalMAF(ConditionalFlow):
     """Conditional MAF: ``num_layers`` × [reverse → masked affine autoregressive → (batch norm)].
 
@@ -54,7 +59,7 @@ class ConditionalMAF(ConditionalFlow):
     """
 
     # Sampling's D small steps per layer ran faster with XLA:CPU's default (YNNPACK) kernels
-    # (MNIST-VAE 120k vs 72k samples/s), so those programs skip fpn_jax._compiler's options.
+    # (MNIST-VAE 120k vs 72k samples/s), so those programs skip fpn_jax.runtime.compiler's options.
     untuned_methods = frozenset({"_from_noise", "_sample_and_log_prob"})
 
     def __init__(
@@ -75,7 +80,7 @@ class ConditionalMAF(ConditionalFlow):
         super().__init__(features, context_features, embedding_features=embedding_features, rngs=rngs)
         check_hyperparameters(type(self).__name__, hidden_features, num_layers, num_blocks, dropout)
         activation = activation_from_name(activation)
-        self.hyperparameters = _checks.frozen(dict(
+        self.hyperparameters = checks.frozen(dict(
             features=features, context_features=context_features, hidden_features=hidden_features,
             num_layers=num_layers, num_blocks=num_blocks, batch_norm_within=batch_norm_within,
             batch_norm_between=batch_norm_between, dropout=dropout, embedding_features=embedding_features,

@@ -1,5 +1,8 @@
 """Conditional RealNVP (C-RealNVP), as in the FPN paper.
 
+Dinh, Sohl-Dickstein, Bengio, "Density estimation using Real NVP" (ICLR 2017), conditioned
+on a context, used as the plugin of Flow Plugin Networks (Wielopolski, Koperski, Zięba).
+
 ``T⁻¹ = L_{K-1}⁻¹ ∘ … ∘ L_0⁻¹`` (data → noise), each layer, data side first::
 
     L_k = AffineCoupling(parity = k mod 2) ∘ [BatchNormBijector]
@@ -14,17 +17,18 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from fpn_jax import _checks, checkpoint
+from fpn_jax import registry
+from fpn_jax import validation as checks
 from fpn_jax.flows.batch_norm import BatchNormBijector
 from fpn_jax.flows.bijector import Chain
 from fpn_jax.flows.coupling import AffineCoupling
 from fpn_jax.flows.flow import ConditionalFlow
 from fpn_jax.flows.maf import check_hyperparameters
-from fpn_jax.flows.nets import Activation, activation_from_name, activation_name
 from fpn_jax.flows.stack import Repeat
+from fpn_jax.nn import Activation, activation_from_name, activation_name
 
 
-@checkpoint.register("conditional_realnvp")
+@registry.register("conditional_realnvp")
 class ConditionalRealNVP(ConditionalFlow):
     """Conditional RealNVP: ``num_layers`` × [checkerboard affine coupling → (batch norm)].
 
@@ -55,7 +59,7 @@ class ConditionalRealNVP(ConditionalFlow):
         super().__init__(features, context_features, embedding_features=embedding_features, rngs=rngs)
         check_hyperparameters(type(self).__name__, hidden_features, num_layers, num_blocks, dropout)
         activation = activation_from_name(activation)
-        self.hyperparameters = _checks.frozen(dict(
+        self.hyperparameters = checks.frozen(dict(
             features=features, context_features=context_features, hidden_features=hidden_features,
             num_layers=num_layers, num_blocks=num_blocks, batch_norm_within=batch_norm_within,
             batch_norm_between=batch_norm_between, dropout=dropout, embedding_features=embedding_features,

@@ -23,9 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fpn_jax.flows.nets import Linear
-
-Array = jax.Array
+from fpn_jax.nn import Linear
+from fpn_jax.typing import Array
 
 SCALE_FLOOR = 1e-3
 SCALE_FUNCTIONS = ("softplus", "sigmoid")
@@ -33,6 +32,7 @@ IDENTITY_INIT_SCALE = 1e-3
 
 
 def check_scale_function(name: str, where: str) -> str:
+    """Returns ``name`` if it is one of ``SCALE_FUNCTIONS``; raises ValueError naming ``where`` otherwise."""
     if name not in SCALE_FUNCTIONS:
         raise ValueError(f"{where}: `scale_function` must be one of {SCALE_FUNCTIONS}; got {name!r}.")
     return name

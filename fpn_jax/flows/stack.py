@@ -14,15 +14,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fpn_jax.flows.bijector import Bijector
-
-Array = jax.Array
-
-
-def is_training(module: nnx.Module) -> bool:
-    """True if any submodule normalises with batch statistics (``model.train()``)."""
-    return any(
-        getattr(m, "use_running_average", True) is False for _, m in nnx.iter_modules(module)
-    )
+from fpn_jax.nn.mode import is_training
+from fpn_jax.typing import Array
 
 
 class Repeat(Bijector):
@@ -83,7 +76,9 @@ class Repeat(Bijector):
         return x, log_det
 
     def forward_and_log_det(self, x, context=None, *, key=None):
+        """Noise → data: the layers in reverse order (L-1 first), scanned; the log-dets add up."""
         return self._scan("forward_and_log_det", x, context, key, reverse=True)
 
     def inverse_and_log_det(self, y, context=None, *, key=None):
+        """Data → noise: the layers in order (0 first), scanned; the log-dets add up."""
         return self._scan("inverse_and_log_det", y, context, key, reverse=False)

@@ -25,7 +25,7 @@ def _figure(width: float, height: float):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError('fpn_jax.plots needs matplotlib: pip install "fpn-jax[experiments]"') from error
+        raise ImportError('fpn_jax.evaluation.plots needs matplotlib: pip install "fpn-jax[experiments]"') from error
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -285,7 +285,7 @@ def embedding_2d(
     fig = _figure(4.2 * len(names) + 1.2, 4.8)
     axes = fig.subplots(1, len(names), sharex=True, sharey=True, squeeze=False)[0]
     offsets = np.cumsum([0] + [p.shape[0] for p in points])
-    for i, (ax, name) in enumerate(zip(axes, names)):
+    for i, (ax, name) in enumerate(zip(axes, names, strict=True)):
         part, y = xy[offsets[i] : offsets[i + 1]], labels[i]
         for j, k in enumerate(classes):
             mine = y == k
@@ -375,8 +375,10 @@ def per_class_bars(
     class_names: Sequence[str] | None = None,
     ylim: tuple[float, float] | None = (0.0, 1.0),
 ) -> str:
-    """Grouped bars: one group per class, one bar per name (e.g. generation accuracy of
-    each base autoencoder × flow plugin); each name's mean over classes is in the legend.
+    """Draws grouped bars: one group per class, one bar per name.
+
+    For example the generation accuracy of each base autoencoder × flow plugin; each name's
+    mean over classes is in the legend.
 
     Args:
       values_by_name: {name: (K,) values}, all of the same length K.

@@ -32,12 +32,13 @@ def headline_table(metrics: dict[str, Any]) -> str:
 
 
 def write_mnist_report(out: Path, metrics: dict[str, Any]) -> Path:
-    """Writes ``out/report.md`` from the metrics of ``fpn_jax.experiments.mnist.run``."""
+    """Writes ``out/report.md`` from the metrics of ``fpn_jax.experiments.mnist.train_and_evaluate``."""
     config = metrics["config"]
     sections = [
         "# Flow Plugin Networks on MNIST",
         f"Run folder `{out}`; data: {metrics['data']['train']} train / {metrics['data']['validation']} validation "
-        f"/ {metrics['data']['test']} test images{' (quick subset)' if config['quick'] else ''}; seed {config['seed']}; "
+        f"/ {metrics['data']['test']} test images{' (quick subset)' if config.get('subset') else ''}; "
+        f"seed {config['seed']}; "
         f"JAX {metrics['environment']['jax']} on {metrics['environment']['backend']}. "
         "Early stopping and model selection use the validation split only; the test set is evaluated once.",
         "## Classification by Bayes' rule",
@@ -54,8 +55,10 @@ def write_mnist_report(out: Path, metrics: dict[str, Any]) -> Path:
         "## Baselines on the same latents",
         "Standardised latents; fixed hyper-parameters unless the run used `--grid-search` "
         f"(this run: {'yes' if config['grid_search'] else 'no'}).",
-        _table(["base", "classifier", "test acc.", "train acc.", "paper test acc.", "hyper-parameters", "training rows"],
-               baseline_rows),
+        _table(
+            ["base", "classifier", "test acc.", "train acc.", "paper test acc.", "hyper-parameters", "training rows"],
+            baseline_rows,
+        ),
         "Training accuracy of the baselines is measured on at most 10,000 of their training rows.",
         "## Conditional generation",
         f"{config['samples_per_class']} samples per class are decoded and classified by an independent CNN "
@@ -64,7 +67,7 @@ def write_mnist_report(out: Path, metrics: dict[str, Any]) -> Path:
         "the sample was drawn for. Samples that overflowed to a non-finite latent count as wrong: "
         + ", ".join(f"{BASE_NAMES[b]} + {PLUGIN_NAMES[p]}: {r.get('non_finite_samples', 0)}"
                     for b, ps in metrics["results"].items() for p, r in ps.items())
-        + f" of {10 * config['samples_per_class']}.",
+        + f" of {metrics['data'].get('num_classes', 10) * config['samples_per_class']}.",
         "![generation accuracy per class](generation_accuracy.png)",
     ]
     for base, plugins in metrics["results"].items():
@@ -77,7 +80,10 @@ def write_mnist_report(out: Path, metrics: dict[str, Any]) -> Path:
                  _table(["base", "status", "best epoch", "best validation loss"], base_rows)]
     sections += [f"![reconstructions](reconstructions_{base}.png)\n\n![unconditional](unconditional_{base}.png)"
                  for base in metrics["base_models"]]
-    sections += ["## Latent space", "t-SNE of test latents and plugin samples, fitted jointly so the panels share axes."]
+    sections += [
+        "## Latent space",
+        "t-SNE of test latents and plugin samples, fitted jointly so the panels share axes.",
+    ]
     sections += [f"![embedding](embedding_{base}.png)" for base in metrics["results"]]
     sections += ["## Plugin training", "![training curves](training_curves.png)",
                  "## Wall time (seconds)",

@@ -1,7 +1,8 @@
-"""Datasets as in-memory numpy arrays: MNIST from IDX files or tensorflow-datasets.
+"""MNIST (LeCun et al., 1998) from its IDX files or tensorflow-datasets.
 
-A dataset is three ``Split`` s (train, validation, test), each a pair of arrays: images of
-shape (N, *item_shape) as float32 in [0, 1] and integer class labels of shape (N,). MNIST is
+``load_mnist`` gives a ``Dataset`` of three ``Split`` s (train, validation, test): images of
+shape (N, 28, 28, 1) as float32 in [0, 1], integer class labels (N,) and their one-hot
+contexts (N, 10). MNIST is
 read either from the four original IDX files (``read_idx``, plain numpy, no TensorFlow) or,
 when no such files are at hand, through ``tensorflow_datasets``, which downloads and prepares
 it (that path needs TensorFlow). The validation split is carved out of the 60,000 training
@@ -10,28 +11,18 @@ images with a seeded permutation; the 10,000 test images stay untouched.
 
 from __future__ import annotations
 
-import dataclasses
-import gzip
 import importlib.util
 import os
-import zlib
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from fpn_jax import _checks
+from fpn_jax import validation as checks
+from fpn_jax.data.base import Dataset, DatasetUnavailableError, Split
+from fpn_jax.data.idx import read_idx
 
-__all__ = [
-    "MNIST_FILES",
-    "Dataset",
-    "DatasetUnavailableError",
-    "IDXFormatError",
-    "Split",
-    "load_mnist",
-    "read_idx",
-    "subset",
-]
+__all__ = ["MNIST_FILES", "load_mnist"]
 
 # The four MNIST files by role, without the optional ".gz" suffix.
 MNIST_FILES = {
@@ -41,135 +32,6 @@ MNIST_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 _MNIST_SIDE, _MNIST_CLASSES = 28, 10
-
-# IDX type byte -> big-endian numpy dtype (http://yann.lecun.com/exdb/mnist/).
-_IDX_DTYPES = {
-    0x08: np.dtype(">u1"),
-    0x09: np.dtype(">i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-_GZIP_MAGIC = b"\x1f\x8b"
-
-
-class IDXFormatError(ValueError):
-    """A file is not a well-formed IDX file (bad magic, truncated, corrupt gzip...)."""
-
-
-class DatasetUnavailableError(RuntimeError):
-    """No source could provide the dataset; the message says what to do."""
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Split:
-    """One split of a labelled dataset, held in host memory.
-
-    Attributes:
-      images: (N, *item_shape) float32 in [0, 1]; (N, 28, 28, 1) for MNIST.
-      labels: (N,) int32 class indices.
-    """
-
-    images: np.ndarray
-    labels: np.ndarray
-
-    def __post_init__(self) -> None:
-        if not np.issubdtype(np.asarray(self.labels).dtype, np.integer):
-            raise ValueError(
-                f"Split: `labels` must be integer class indices; got dtype {np.asarray(self.labels).dtype}."
-            )
-        if np.ndim(self.labels) != 1:
-            raise ValueError(
-                f"Split: `labels` must be a 1-D array of shape (N,); got shape {np.shape(self.labels)}."
-            )
-        if np.ndim(self.images) < 1 or np.shape(self.images)[0] != np.shape(self.labels)[0]:
-            raise ValueError(
-                "Split: `images` and `labels` must have the same number of rows N; "
-                f"`images` has shape {np.shape(self.images)}, "
-                f"`labels` has shape {np.shape(self.labels)}."
-            )
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Dataset:
-    """A labelled dataset's three splits.
-
-    Attributes:
-      train: the training split.
-      validation: held out from the training data (for early stopping / model choice).
-      test: the dataset's official test split, untouched.
-      num_classes: number of classes; labels lie in [0, num_classes).
-    """
-
-    train: Split
-    validation: Split
-    test: Split
-    num_classes: int
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Reads one IDX file (the MNIST file format) into a numpy array.
-
-    The header is two zero bytes, a type byte (0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32,
-    0x0D float32, 0x0E float64), a byte with the number of dimensions D, then D big-endian
-    uint32 sizes; the big-endian data follow. Gzip-compressed files are recognised by their
-    content, whatever their name.
-
-    Args:
-      path: the file, gzip-compressed or not.
-
-    Returns:
-      An array of shape (d_1, ..., d_D) in the file's dtype, native byte order, writable.
-
-    Raises:
-      FileNotFoundError: ``path`` does not exist.
-      IDXFormatError: corrupt gzip, bad magic number, truncated header or data, trailing bytes.
-    """
-    path = Path(path)
-    if not path.is_file():
-        what = "is a directory, not a file" if path.is_dir() else "does not exist"
-        raise FileNotFoundError(f"read_idx: IDX file {path} {what}.")
-    raw = path.read_bytes()
-    if raw[:2] == _GZIP_MAGIC:
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as err:
-            raise IDXFormatError(
-                f"read_idx: {path} is a truncated or corrupt gzip file ({type(err).__name__}: {err})."
-            ) from None
-    if len(raw) < 4:
-        raise IDXFormatError(
-            f"read_idx: {path} is truncated: expected at least 4 bytes (the magic number), "
-            f"got {len(raw)}."
-        )
-    zero, type_code, ndim = raw[:2], raw[2], raw[3]
-    if zero != b"\x00\x00" or type_code not in _IDX_DTYPES:
-        raise IDXFormatError(
-            f"read_idx: {path} is not an IDX file: bad magic number 0x{raw[:4].hex()}; expected "
-            "0x0000TTDD with type byte TT in {08, 09, 0b, 0c, 0d, 0e} and DD the number of "
-            "dimensions (MNIST images: 0x00000803, labels: 0x00000801)."
-        )
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise IDXFormatError(
-            f"read_idx: {path} is truncated: expected {header} header bytes for {ndim} "
-            f"dimensions, got {len(raw)}."
-        )
-    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    dtype = _IDX_DTYPES[type_code]
-    expected = header + int(np.prod(shape, dtype=object)) * dtype.itemsize
-    if len(raw) != expected:
-        problem = "is truncated" if len(raw) < expected else "has trailing bytes"
-        raise IDXFormatError(
-            f"read_idx: {path} {problem}: a {dtype.newbyteorder('=').name} array of shape {shape} "
-            f"needs {expected} bytes (header included), got {len(raw)}."
-        )
-    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
-    return data.astype(dtype.newbyteorder("="))
 
 
 def load_mnist(
@@ -212,7 +74,7 @@ def load_mnist(
     where = "load_mnist"
     if source not in ("auto", "idx", "tfds"):
         raise ValueError(f"{where}: `source` must be 'auto', 'idx' or 'tfds'; got {source!r}.")
-    validation_size = _checks.positive_int(
+    validation_size = checks.positive_int(
         validation_size, name="validation_size", where=where, allow_zero=True
     )
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
@@ -261,50 +123,6 @@ def load_mnist(
         test=_to_split(arrays["test_images"], arrays["test_labels"]),
         num_classes=_MNIST_CLASSES,
     )
-
-
-def subset(split: Split, n: int, *, seed: int = 0, balanced: bool = True) -> Split:
-    """Takes ``n`` examples of a split, for quick runs and tests.
-
-    With ``balanced=True`` the classes are visited round-robin (each in a seeded random
-    order), so every class gets ``n // C`` or ``n // C + 1`` examples while it has them; a
-    class that runs out leaves its share to the others. With ``balanced=False`` the examples
-    are a plain seeded random draw. The result keeps the split's order.
-
-    Args:
-      split: images (N, *item_shape) and labels (N,).
-      n: number of examples, in [0, N].
-      seed: seed of the draw.
-      balanced: equal counts per class (as far as the split allows).
-
-    Returns:
-      A ``Split`` with images (n, *item_shape) and labels (n,).
-
-    Raises:
-      TypeError: ``split`` is not a ``Split``.
-      ValueError: ``n`` is negative or larger than the split, or ``seed`` is not an integer.
-    """
-    if not isinstance(split, Split):
-        raise TypeError(f"subset: argument `split` must be a fpn_jax.data.Split; got {type(split).__name__}.")
-    n = _checks.positive_int(n, name="n", where="subset", allow_zero=True)
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise ValueError(f"subset: `seed` must be an integer; got {seed!r}.")
-    if n > len(split):
-        raise ValueError(f"subset: `n` must be at most the split's size {len(split)}; got {n}.")
-    rng = np.random.default_rng(int(seed))
-    order = rng.permutation(len(split))
-    if balanced:
-        # Rank of each example within its class, in the seeded order; taking the smallest
-        # ranks first visits the classes round-robin.
-        labels = split.labels[order]
-        by_class = np.argsort(labels, kind="stable")
-        sorted_labels = labels[by_class]
-        starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
-        rank = np.empty(len(order), dtype=np.int64)
-        rank[by_class] = np.arange(len(order)) - starts
-        order = order[np.argsort(rank, kind="stable")]
-    chosen = np.sort(order[:n])
-    return Split(images=split.images[chosen], labels=split.labels[chosen])
 
 
 def _find_idx_files(data_dir: str | os.PathLike | None) -> dict[str, Path | None]:
@@ -413,7 +231,7 @@ def _check_mnist(arrays: dict[str, np.ndarray], names: dict[str, str]) -> None:
 
 
 def _to_split(images: np.ndarray, labels: np.ndarray) -> Split:
-    """uint8 (N, H, W) -> float32 (N, H, W, 1) in [0, 1]; labels -> int32."""
+    """uint8 (N, H, W) -> float32 (N, H, W, 1) in [0, 1]; labels -> int32 and one-hot contexts."""
     x = images.astype(np.float32)[..., None]
     x /= np.float32(255)
-    return Split(images=x, labels=labels.astype(np.int32))
+    return Split.from_labels(x, labels.astype(np.int32), _MNIST_CLASSES)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fpn_jax import _checks
+from fpn_jax import validation as checks
 
 BASELINES = ("logistic_regression", "linear_svm", "rbf_svm")
 """Names of the baseline classifiers, in the paper's order."""
@@ -40,7 +40,7 @@ def _sklearn():
         import sklearn  # noqa: F401
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "fpn_jax.metrics.baseline_accuracies needs scikit-learn: "
+            "fpn_jax.evaluation.metrics.baseline_accuracies needs scikit-learn: "
             'pip install "fpn-jax[experiments]"'
         ) from error
     from sklearn import linear_model, model_selection, pipeline, preprocessing, svm
@@ -70,7 +70,7 @@ def _latents(x: Any, *, name: str, where: str, width: int | None = None) -> np.n
         raise ValueError(
             f"{where}: argument `{name}` must have shape (N, {width}) like `z_train`; got {x.shape}."
         )
-    _checks.check_finite(x, name=name, where=where)
+    checks.check_finite(x, name=name, where=where)
     return x
 
 
@@ -224,7 +224,8 @@ def baseline_accuracies(
     unknown = [m for m in models if m not in BASELINES]
     if unknown or not models:
         raise ValueError(f"{where}: `models` must be a non-empty subset of {BASELINES}; got {tuple(models)!r}.")
-    for name, limit in (("max_train", max_train), ("grid_max_train", grid_max_train), ("train_eval_max", train_eval_max)):
+    limits = (("max_train", max_train), ("grid_max_train", grid_max_train), ("train_eval_max", train_eval_max))
+    for name, limit in limits:
         if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 10):
             raise ValueError(f"{where}: `{name}` must be None or an integer >= 10; got {limit!r}.")
     if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
@@ -249,7 +250,9 @@ def baseline_accuracies(
     results: dict[str, dict[str, Any]] = {}
     with threadpool_limits(threads):
         for name in models:
-            results[name] = _fit_one(name, z_fit, y_fit, z_test, y_test, grid_rows, eval_rows, grid_search, seed, n_jobs)
+            results[name] = _fit_one(
+                name, z_fit, y_fit, z_test, y_test, grid_rows, eval_rows, grid_search, seed, n_jobs
+            )
             results[name]["n_train_eval"] = int(eval_rows.size)
     return results
 

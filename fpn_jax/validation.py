@@ -1,4 +1,4 @@
-"""Input validation at the public boundary.
+"""Input validation at the public boundary (a leaf: imports nothing of fpn-jax above ``typing``).
 
 Shape and dtype checks work on concrete arrays and on tracers alike (under ``jax.jit`` or
 ``jax.vmap``) and raise before anything is traced. Value checks (NaN and infinities, ranges)
@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-Array = jax.Array
+from fpn_jax.typing import Array
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -143,8 +144,11 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def bad_rows(x: Any) -> np.ndarray:
-    """(N,) bool on the host: rows of a concrete array with a NaN, an infinity, or a value
-    beyond float32's range (for wider dtypes, which become infinite when cast)."""
+    """(N,) bool on the host: the rows of a concrete array with a non-finite or too large value.
+
+    A row is marked when it has a NaN, an infinity, or a value beyond float32's range (for
+    wider dtypes, which become infinite when cast).
+    """
     n = x.shape[0] if len(x.shape) else 1
     if isinstance(x, jax.Array):  # reduce on the device, move N booleans
         ok = jnp.isfinite(x).reshape(n, -1).all(axis=1) if x.size else jnp.ones(n, bool)
@@ -162,8 +166,11 @@ def bad_rows(x: Any) -> np.ndarray:
 
 
 def check_finite(x: Any, *, name: str, where: str) -> None:
-    """Raises ValueError naming the first row of ``x`` with a NaN, an infinity or a value
-    that overflows float32 (concrete arrays only; a no-op on tracers)."""
+    """Raises ValueError naming the first row of ``x`` with a non-finite or too large value.
+
+    The value can be a NaN, an infinity or a value that overflows float32 (concrete arrays
+    only; a no-op on tracers).
+    """
     if is_traced(x):
         return
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
@@ -230,25 +237,3 @@ def overflow_checked(*, what: str, where: str, hint: str = "") -> Callable[[F], 
         return checked  # type: ignore[return-value]
 
     return decorate
-
-
-def check_training_setup(model: Any, config: Any, rows: int, *, where: str, name: str) -> None:
-    """Checks what ``fpn_jax.loop.run`` needs before it compiles anything.
-
-    ``config`` must be a ``TrainConfig``, there must be training rows, and a model with batch
-    norm needs batches of at least two rows (the unbiased batch variance of one row is NaN).
-    """
-    from flax import nnx
-
-    from fpn_jax.loop import TrainConfig
-
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"{where}: argument `config` must be a fpn_jax.TrainConfig; got {type(config).__name__}.")
-    if rows == 0:
-        raise ValueError(f"{where}: argument `{name}` has no rows (N = 0); there is nothing to train on.")
-    has_batch_norm = any(hasattr(m, "use_running_average") for _, m in nnx.iter_modules(model))
-    if has_batch_norm and min(config.batch_size, rows) < 2:
-        raise ValueError(
-            f"{where}: the model uses batch norm, which needs batches of at least 2 rows; got "
-            f"batch_size={config.batch_size} and N={rows} rows of `{name}`."
-        )

@@ -10,19 +10,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fpn_jax import _checks
+from fpn_jax import validation as checks
+from fpn_jax.typing import ArrayLike, Context, Labels
 
-Array = jax.Array
 
-
-def one_hot(labels: Array, num_classes: int) -> Array:
+def one_hot(labels: Labels | ArrayLike, num_classes: int) -> Context:
     """Integer class labels (N,) → float32 one-hot rows (N, num_classes).
 
     Raises:
       ValueError: labels that are not a 1-D integer array, or (for concrete arrays) a label
         outside [0, num_classes), naming the first offending position.
     """
-    num_classes = _checks.positive_int(num_classes, name="num_classes", where="one_hot")
+    num_classes = checks.positive_int(num_classes, name="num_classes", where="one_hot")
     if not hasattr(labels, "dtype"):
         labels = np.asarray(labels)
     if labels.ndim != 1 or not jnp.issubdtype(labels.dtype, jnp.integer):
@@ -30,7 +29,7 @@ def one_hot(labels: Array, num_classes: int) -> Array:
             f"one_hot: argument `labels` must be a 1-D integer array of class indices; "
             f"got shape {tuple(labels.shape)} and dtype {labels.dtype}."
         )
-    if not _checks.is_traced(labels):
+    if not checks.is_traced(labels):
         host = np.asarray(labels)
         bad = np.flatnonzero((host < 0) | (host >= num_classes))
         if bad.size:

@@ -3,7 +3,7 @@
 Every chunk has the same shape (the last one is padded by repeating row 0 and the padding is
 cut off afterwards), so the function compiles once whatever N is, and peak memory is bounded
 by ``batch_size`` rows. The chunk size is rounded up to a multiple of the device count and
-each chunk is split over the devices (``fpn_jax.parallel``).
+each chunk is split over the devices (``fpn_jax.runtime.mesh``, ``fpn_jax.parallel``).
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from fpn_jax import parallel
-
-Array = jax.Array
+from fpn_jax.runtime import mesh
+from fpn_jax.typing import Array
 
 
 def map_in_chunks(fn: Callable[..., Array], *arrays: Array, batch_size: int) -> Array:
@@ -29,15 +28,15 @@ def map_in_chunks(fn: Callable[..., Array], *arrays: Array, batch_size: int) -> 
     """
     n = arrays[0].shape[0]
     if n == 0:
-        one = [jax.ShapeDtypeStruct((parallel.padded(1),) + a.shape[1:], a.dtype) for a in arrays]
+        one = [jax.ShapeDtypeStruct((mesh.padded(1),) + a.shape[1:], a.dtype) for a in arrays]
         out = jax.eval_shape(fn, *one)
         return jnp.zeros((0,) + out.shape[1:], out.dtype)
-    size = parallel.padded(min(batch_size, n))
+    size = mesh.padded(min(batch_size, n))
     outputs = []
     for start in range(0, n, size):
         chunk = [a[start : start + size] for a in arrays]
         rows = chunk[0].shape[0]
         if rows < size:
             chunk = [jnp.concatenate([c, jnp.repeat(c[:1], size - rows, axis=0)]) for c in chunk]
-        outputs.append(parallel.call_on_rows(fn, *chunk)[:rows])
+        outputs.append(mesh.call_on_rows(fn, *chunk)[:rows])
     return jnp.concatenate(outputs, axis=0)

@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from fpn_jax import _checks
+from fpn_jax import validation as checks
 
 CPU_OPTIONS: dict[str, str] = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
@@ -54,7 +54,7 @@ def jit(fn: Callable[..., Any], **kwargs: Any) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def call(*args: Any, **kw: Any) -> Any:
-        return (plain if _checks.is_traced(args, kw) else tuned)(*args, **kw)
+        return (plain if checks.is_traced(args, kw) else tuned)(*args, **kw)
 
     call._cache_size = tuned._cache_size  # type: ignore[attr-defined]  # (compilations, for tests)
     return call

@@ -42,7 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-Array = jax.Array
+from fpn_jax.typing import Array
+
 AXIS = "data"
 
 _devices: contextvars.ContextVar[tuple[jax.Device, ...] | None] = contextvars.ContextVar(
@@ -81,7 +82,8 @@ def use_devices(chosen: Sequence[jax.Device] | int) -> Iterator[tuple[jax.Device
     if not chosen or not all(isinstance(d, jax.Device) for d in chosen):
         raise ValueError(f"use_devices: argument `chosen` must be a non-empty list of jax devices; got {chosen!r}.")
     if len({d.platform for d in chosen}) > 1:
-        raise ValueError(f"use_devices: all devices must be of one platform; got {sorted({d.platform for d in chosen})}.")
+        platforms = sorted({d.platform for d in chosen})
+        raise ValueError(f"use_devices: all devices must be of one platform; got {platforms}.")
     token = _devices.set(chosen)
     try:
         yield chosen
@@ -124,8 +126,10 @@ def is_replicated(tree: Any) -> bool:
 
 
 def replicate(tree: Any) -> Any:
-    """Puts every array leaf of ``tree`` on all devices; leaves already there are left as they are
-    (so on one device, arrays JAX placed by default stay uncommitted)."""
+    """Puts every array leaf of ``tree`` on all devices; leaves already there are left as they are.
+
+    So on one device, arrays JAX placed by default stay uncommitted.
+    """
     chosen, sharding = frozenset(devices()), replicated()
     return jax.tree.map(lambda x: x if _on_all(x, chosen) else jax.device_put(x, sharding), tree)
 

@@ -1,0 +1,12 @@
+"""Evaluation: metrics and baselines, the judge CNN, figures and reports.
+
+Classification metrics and the paper's baselines (``metrics``), the judge CNN that scores
+generated images (``judge``), figures (``plots``) and reports (``report``).
+
+``plots`` needs matplotlib and ``metrics``' baselines scikit-learn (the ``experiments``
+extra); both are imported lazily, so this package imports without them.
+"""
+
+from fpn_jax.evaluation import judge, metrics, plots, report
+
+__all__ = ["judge", "metrics", "plots", "report"]

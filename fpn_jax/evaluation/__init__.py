@@ -7,6 +7,6 @@ generated images (``judge``), figures (``plots``) and reports (``report``).
 extra); both are imported lazily, so this package imports without them.
 """
 
-from fpn_jax.evaluation import judge, metrics, plots, report
+from fpn_jax.evaluation import judge, metrics, plots, point_clouds, report
 
-__all__ = ["judge", "metrics", "plots", "report"]
+__all__ = ["judge", "metrics", "plots", "point_clouds", "report"]

@@ -90,7 +90,7 @@ def test_quick_run_writes_report_metrics_and_figures(tmp_path):
 
     # What ran is what the command line parsed, recorded in full.
     config = _command_line().parse(flags)
-    assert metrics["config"] == stages.config_record(config) | {"quick": True}
+    assert metrics["config"] == stages.config_record(config)
     assert metrics["data"] == {"train": 3000, "validation": 1000, "test": 2000, "num_classes": 10}
     assert metrics["base_models"]["conv_ae"]["cached"] is False and metrics["base_models"]["conv_ae"]["epochs"] == 3
     assert 0 < metrics["base_models"]["conv_ae"]["val_loss"] < 0.05  # MSE per pixel: 0.028 at seed 0; mean image: 0.067

@@ -21,14 +21,17 @@ from fpn_jax import checkpoint, registry
 from fpn_jax.autoencoders import training
 from fpn_jax.autoencoders.base import Autoencoder, TrainableAutoencoder, check_data
 from fpn_jax.autoencoders.conv import ConvAE, ConvVAE
+from fpn_jax.autoencoders.pointflow import PointFlow
 from fpn_jax.autoencoders.training import default_config, fit
 
 registry.register("conv_vae")(ConvVAE)
 registry.register("conv_ae")(ConvAE)
+registry.register("pointflow")(PointFlow)
 
 __all__ = [
     "Autoencoder", "ConvAE", "ConvVAE", "TrainableAutoencoder", "available", "cache_dir", "check_data", "create",
     "default_config", "fit", "freeze", "load", "training",
+    "PointFlow",
 ]
 
 

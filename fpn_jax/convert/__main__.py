@@ -2,6 +2,7 @@
 
     python -m fpn_jax.convert autoencoder MODEL.pt OUT_DIR [--architecture conv_vae]
     python -m fpn_jax.convert flow --kind maf FLOW.pt OUT_DIR [--scale-function sigmoid]
+    python -m fpn_jax.convert pointflow CHECKPOINT OUT_DIR [--mean train_set_mean.npy --std train_set_std.npy]
 
 ``MODEL.pt``: a torch ``state_dict`` (``.pt``/``.pth``) or a PyTorch Lightning ``.ckpt``.
 ``OUT_DIR`` is then loadable with ``fpn_jax.autoencoders.load`` / ``fpn_jax.checkpoint.load``.
@@ -38,7 +39,17 @@ def main(argv: list[str] | None = None) -> int:
     flow.add_argument("destination", help="output checkpoint folder")
     flow.add_argument("--kind", choices=["maf", "rnvp"], required=True)
     flow.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    pointflow = commands.add_parser("pointflow", help="PointFlow's all-category auto-encoder (ae/all/checkpoint.pt)")
+    pointflow.add_argument("source", help="PointFlow's checkpoint.pt (a state dict or {'epoch', 'model', ...})")
+    pointflow.add_argument("destination", help="output checkpoint folder")
+    pointflow.add_argument("--mean", help="train_set_mean.npy, stored with the model (give --std too)")
+    pointflow.add_argument("--std", help="train_set_std.npy, stored with the model (give --mean too)")
+    pointflow.add_argument("--allow-single-category", action="store_true",
+                           help="convert a file whose folder is named after one ShapeNet category")
+    pointflow.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     args = parser.parse_args(argv)
+    if args.command == "pointflow" and (args.mean is None) != (args.std is None):
+        parser.error("pointflow: give both --mean and --std (train_set_mean.npy, train_set_std.npy) or neither")
 
     try:
         if args.command == "autoencoder":
@@ -46,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
 
             path = convert_autoencoder(args.source, args.destination, architecture=args.architecture,
                                        overwrite=args.overwrite)
+        elif args.command == "pointflow":
+            from fpn_jax.convert.pointflow import convert_pointflow
+
+            path = convert_pointflow(args.source, args.destination, mean=args.mean, std=args.std,
+                                     overwrite=args.overwrite, allow_single_category=args.allow_single_category)
         else:
             from fpn_jax.convert.nflows import convert_flow
 

@@ -490,8 +490,10 @@ class PointFlow(TrainableAutoencoder):
 
     ``encode``: clouds x (N, P, d) → z (N, L) (``PointNetEncoder``). ``decode(z, key=...,
     num_points=P)``: y ~ N(0, I) of shape (N, P, d) pushed through the inverse of the point
-    flow given z (``PointCNF.reverse``); the original's ``decode`` returns ``(y, x)``, this
-    returns x (``noise_to_points`` maps given y). ``log_likelihood(x, z)``: log p(x | z) per
+    flow given z (``PointCNF.reverse``); ``truncate_std=b`` draws y as the original's truncated
+    normal (``truncated_normal``). The original's ``decode`` returns ``(y, x)``; this returns x
+    (``noise_to_points`` maps a given y, ``points_to_noise`` back, with the log-determinant;
+    ``configure_solver`` changes the solver). ``log_likelihood(x, z)``: log p(x | z) per
     cloud, summed over its points. ``loss``: −log p(x | E(x)) per cloud (the original's AE
     objective). Point clouds may have any number of points (see ``check_data``).
 

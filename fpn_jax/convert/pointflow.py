@@ -74,41 +74,10 @@ def read_pointflow_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
       CheckpointError: the file is missing, unreadable, holds no state dict, or holds
         non-finite values (naming the tensors).
     """
-    from fpn_jax.convert.torch_io import _import_torch
+    from fpn_jax.convert.torch_io import read_state_dict
 
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"Checkpoint file not found: {str(path)!r}.")
-    torch = _import_torch()
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError...
-        raise CheckpointError(
-            f"Cannot read {str(path)!r} as a PyTorch checkpoint; the file may be truncated or corrupt "
-            f"({type(e).__name__}: {e})"
-        ) from e
-    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
-        obj = obj["model"]  # train.py's {'epoch', 'model', 'optimizer'}
-    if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError(
-            f"{str(path)!r} holds no state dict (a non-empty mapping of parameter names to tensors, possibly "
-            f"under 'model' as PointFlow's train.py saves it); found {type(obj).__name__}."
-        )
-    state = {}
-    for key, value in obj.items():
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(
-                f"{str(path)!r} is not a state dict: entry {key!r} is a {type(value).__name__}, not a tensor."
-            )
-        value = value.detach().cpu()
-        state[_strip_data_parallel(str(key))] = (value.float() if value.dtype == torch.bfloat16 else value).numpy()
-    bad = sorted(k for k, v in state.items() if np.issubdtype(v.dtype, np.inexact) and not np.isfinite(v).all())
-    if bad:
-        raise CheckpointError(
-            f"{str(path)!r} holds NaN or infinite values in {len(bad)} tensor(s): {', '.join(bad[:10])}"
-            + (", ..." if len(bad) > 10 else "") + "."
-        )
-    return state
+    state = read_state_dict(path, wrappers=("model", "state_dict"))  # train.py: {'epoch', 'model', 'optimizer'}
+    return {_strip_data_parallel(key): value for key, value in state.items()}
 
 
 def _strip_data_parallel(key: str) -> str:

@@ -30,7 +30,7 @@ def _import_torch() -> Any:
     return torch
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def read_state_dict(path: str | os.PathLike, *, wrappers: tuple[str, ...] = ("state_dict",)) -> dict[str, np.ndarray]:
     """Reads a PyTorch ``state_dict`` saved with ``torch.save`` as NumPy arrays.
 
     Accepts a plain state dict (``.pt``/``.pth``) or a dict holding one under
@@ -41,6 +41,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     Args:
       path: the checkpoint file.
+      wrappers: keys under which a dict may hold the state dict, tried in order
+        (``"state_dict"`` for Lightning; PointFlow's train.py saves it under ``"model"``).
 
     Returns:
       ``{key: array}``, arrays in their stored dtype (bfloat16 becomes float32).
@@ -61,12 +63,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             f"Cannot read {str(path)!r} as a PyTorch checkpoint; the file may be truncated or "
             f"corrupt ({type(e).__name__}: {e})"
         ) from e
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
+    wrapper = next((w for w in wrappers if isinstance(obj, Mapping) and isinstance(obj.get(w), Mapping)), None)
+    if wrapper is not None:
+        obj = obj[wrapper]
     if not isinstance(obj, Mapping) or not obj:
+        under = " or ".join(repr(w) for w in wrappers)
         raise CheckpointError(
             f"{str(path)!r} holds no state_dict (a non-empty mapping of parameter names to "
-            f"tensors, possibly under 'state_dict'); found {type(obj).__name__}."
+            f"tensors, possibly under {under}); found {type(obj).__name__}."
         )
     state = {}
     for key, value in obj.items():

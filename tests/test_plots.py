@@ -83,3 +83,16 @@ def test_per_class_bars(tmp_path):
     read_png(path, 6.6, 4.2)
     with pytest.raises(ValueError, match=r"`values_by_name\['b'\]` must be numeric of shape \(10,\)"):
         plots.per_class_bars({"a": np.ones(10), "b": np.ones(9)}, tmp_path / "x.png", ylabel="y", title="t")
+
+
+def test_point_cloud_grid(tmp_path):
+    clouds = RNG.normal(size=(2, 3, 200, 3))
+    clouds[1, 2] = np.nan  # a missing panel stays empty
+    path = plots.point_cloud_grid(clouds, tmp_path / "clouds.png", row_labels=["a", "b"],
+                                  column_labels=["x", "y", "z"], title="clouds")
+    read_png(path, 1.6 * 3 + 0.8, 1.6 * 2 + 0.5)
+    read_png(plots.point_cloud_grid(clouds[0], tmp_path / "row.png"), 1.6 * 3, 1.6)
+    with pytest.raises(ValueError, match=r"`clouds`.*\(R, K, P, 3\)"):
+        plots.point_cloud_grid(RNG.normal(size=(2, 5, 2)), tmp_path / "x.png")
+    with pytest.raises(ValueError, match="`row_labels`"):
+        plots.point_cloud_grid(clouds, tmp_path / "x.png", row_labels=["a"])

@@ -9,7 +9,7 @@ import pytest
 from conftest import FLOWS
 from flax import nnx
 
-from fpn_jax import TrainConfig, classify, fit, one_hot
+from fpn_jax import ConditionalMAF, TrainConfig, classify, fit, one_hot
 
 # Class k: an equal mixture of two isotropic Gaussians (std 0.5) on a circle of radius 3,
 # at angles 2πk/3 ± 0.2: an elongated, skewed blob per class, well apart from the others.
@@ -213,3 +213,25 @@ def test_max_grad_norm_clips_the_gradient_before_adam():
         TrainConfig(max_grad_norm=0.0)
     with pytest.raises(ValueError, match="`schedule` must be 'constant' or 'cosine'"):
         TrainConfig(schedule="linear")
+
+
+def test_latent_noise_perturbs_training_batches_only_uniformly_in_zero_epsilon():
+    from fpn_jax.train.maximum_likelihood import batch_nll
+
+    flow = ConditionalMAF(3, 2, hidden_features=8, num_layers=2, rngs=nnx.Rngs(0))
+    flow.eval()
+    z = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    context = one_hot(np.arange(16) % 2, 2)
+    key = jax.random.key(7)
+    # The same draw the loss makes: u ~ U[0, ε) from the second half of split(key).
+    u = jax.random.uniform(jax.random.split(key)[1], z.shape, jnp.float32, 0.0, 0.5)
+    assert 0 <= float(u.min()) and float(u.max()) < 0.5
+    expected = -jnp.mean(flow.log_prob(z + u, context))
+    np.testing.assert_allclose(batch_nll(flow, (z, context), key, noise=0.5), expected, rtol=1e-6)
+    assert not np.isclose(batch_nll(flow, (z, context), key, noise=0.5), batch_nll(flow, (z, context), key))
+    with pytest.raises(ValueError, match="`noise`"):
+        fit(flow, z, context, key=key, noise=-0.1, progress=False)
+    # Training with noise runs; the validation NLL is of the clean latents.
+    history = fit(flow, z, context, key=key, noise=0.01, config=TrainConfig(max_epochs=2, batch_size=8),
+                  validation=(z, context), progress=False)
+    np.testing.assert_allclose(history.val_loss[history.best_epoch], -np.mean(flow.log_prob(z, context)), rtol=1e-5)

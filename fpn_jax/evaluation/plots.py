@@ -428,3 +428,75 @@ def per_class_bars(
     ax.grid(axis="y", alpha=0.3)
     fig.legend(loc="outside lower center", ncols=min(m, 3), fontsize="small", frameon=False)
     return _save(fig, path)
+
+
+def point_cloud_grid(
+    clouds: Any,
+    path: str | os.PathLike,
+    *,
+    row_labels: Sequence[str] | None = None,
+    column_labels: Sequence[str] | None = None,
+    title: str | None = None,
+    max_points: int = 2048,
+    elevation: float = 20.0,
+    azimuth: float = -60.0,
+    panel_size: float = 1.6,
+) -> str:
+    """A grid of 3-D point clouds (one scatter panel each), e.g. rows = classes, columns = samples.
+
+    Every panel shares one cube of axis limits (the grid's overall extent), so sizes compare
+    across panels; points are coloured by height (the second coordinate, ShapeNet's up axis)
+    and drawn with ``y`` up. Missing panels (NaN-filled clouds) are left empty.
+
+    Args:
+      clouds: (R, K, P, 3) clouds, or (K, P, 3) for one row.
+      path: where to write the PNG.
+      row_labels: R labels, written left of each row.
+      column_labels: K labels, written above the first row.
+      title: figure title.
+      max_points: at most this many points per panel (the first ones; clouds are unordered).
+      elevation: the view's elevation, in degrees.
+      azimuth: the view's azimuth, in degrees.
+      panel_size: inches per panel.
+
+    Returns:
+      ``path``.
+    """
+    where = "point_cloud_grid"
+    x = np.asarray(clouds, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[-1] != 3 or 0 in x.shape[:3]:
+        raise ValueError(f"{where}: argument `clouds` must have shape (R, K, P, 3) or (K, P, 3) with R, K, P >= 1; "
+                         f"got {np.shape(clouds)}.")
+    rows, cols = x.shape[:2]
+    for name, labels, n in (("row_labels", row_labels, rows), ("column_labels", column_labels, cols)):
+        if labels is not None and len(labels) != n:
+            raise ValueError(f"{where}: argument `{name}` must have {n} labels; got {len(labels)}.")
+    if not isinstance(max_points, (int, np.integer)) or max_points < 1:
+        raise ValueError(f"{where}: `max_points` must be an integer >= 1; got {max_points!r}.")
+    x = x[:, :, :max_points]
+    finite = x[np.isfinite(x).all(-1)]
+    centre = (finite.max(0) + finite.min(0)) / 2 if finite.size else np.zeros(3, np.float32)
+    half = float((finite.max(0) - finite.min(0)).max() / 2) if finite.size else 1.0
+    fig = _figure(panel_size * cols + (0.8 if row_labels is not None else 0), panel_size * rows + (0.5 if title else 0))
+    grid = fig.add_gridspec(rows, cols, wspace=0, hspace=0)
+    for i in range(rows):
+        for j in range(cols):
+            ax = fig.add_subplot(grid[i, j], projection="3d")
+            cloud = x[i, j][np.isfinite(x[i, j]).all(-1)]
+            if len(cloud):  # the data's (x, y, z) drawn as (x, z, y): y up
+                ax.scatter(cloud[:, 0], cloud[:, 2], cloud[:, 1], c=cloud[:, 1], cmap="viridis",
+                           s=float(np.clip(2000 / len(cloud), 0.5, 5.0)), linewidths=0, depthshade=False)
+            for setter, k in ((ax.set_xlim, 0), (ax.set_ylim, 2), (ax.set_zlim, 1)):
+                setter(centre[k] - half, centre[k] + half)
+            ax.set_box_aspect((1, 1, 1), zoom=1.35)
+            ax.view_init(elev=elevation, azim=azimuth)
+            ax.set_axis_off()
+            if i == 0 and column_labels is not None:
+                ax.set_title(column_labels[j], fontsize=8)
+            if j == 0 and row_labels is not None:
+                ax.text2D(-0.05, 0.5, row_labels[i], transform=ax.transAxes, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

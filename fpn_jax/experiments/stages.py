@@ -45,6 +45,7 @@ __all__ = [
     "baselines",
     "cached_base_model",
     "cached_judge",
+    "cached_latents",
     "config_record",
     "encode_splits",
     "environment",
@@ -236,6 +237,68 @@ def encode_splits(
     }
 
 
+def cached_latents(
+    folder: str | os.PathLike,
+    model: Autoencoder,
+    dataset: Dataset,
+    *,
+    fingerprint: Mapping[str, Any],
+    key: Key | None = None,
+    batch_size: int = 2048,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """``encode_splits`` kept on disk: each split's latents saved as soon as it is encoded.
+
+    ``folder/<split>.npy`` holds a split's (N, L) latents and ``folder/fingerprint.json``
+    what they were computed from. A run that stops mid-way keeps the splits it finished and
+    the next one encodes only the rest; latents made from anything else (another model,
+    data, seed: a different ``fingerprint``) are discarded and recomputed. Files are written
+    to a temporary name and renamed, so a crash never leaves a half-written split behind.
+
+    Args:
+      folder: where the latents are kept, e.g. ``out / "latents"``.
+      model: the frozen base model.
+      dataset: the data; each split's inputs are (N, *model.data_shape).
+      fingerprint: JSON-able description of model and data (e.g. checkpoint path and
+        step, data root, points, seed): latents are reused only under an equal fingerprint.
+      key: as ``encode_splits`` (None: the deterministic code).
+      batch_size: examples per compiled call.
+      progress: print which splits are loaded and which are encoded.
+
+    Returns:
+      ``{"train", "validation", "test"}`` → (N, latent_features) float32 latents.
+
+    Raises:
+      TypeError: ``dataset`` is not a ``Dataset``; ValueError: a fingerprint that is not JSON-able.
+    """
+    _check_dataset(dataset, where="cached_latents")
+    folder = Path(folder)
+    wanted = json.loads(json.dumps(dict(fingerprint), default=_jsonable))
+    record = folder / "fingerprint.json"
+    if record.exists() and json.loads(record.read_text()) != wanted:
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(wanted, indent=2))
+    keys = [None] * len(SPLITS) if key is None else list(jax.random.split(key, len(SPLITS)))
+    z = {}
+    for split, k in zip(SPLITS, keys, strict=True):
+        path, rows = folder / f"{split}.npy", len(getattr(dataset, split))
+        if path.exists():
+            kept = np.load(path)
+            if kept.shape == (rows, model.latent_features):
+                z[split] = kept
+                if progress:
+                    print(f"[latents] {split}: {rows} rows loaded from {path}", flush=True)
+                continue
+        z[split] = latents.encode(model, getattr(dataset, split).inputs, key=k, batch_size=batch_size)
+        temporary = folder / f".{split}.tmp.npy"
+        np.save(temporary, z[split])
+        temporary.replace(path)
+        if progress:
+            print(f"[latents] {split}: {rows} rows encoded to {path}", flush=True)
+    return z
+
+
 def fit_plugin(
     flow: ConditionalFlow,
     z: Mapping[str, Latents],
@@ -245,6 +308,7 @@ def fit_plugin(
     config: TrainConfig,
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    noise: float = 0.0,
 ) -> History:
     """Fits the plugin ``p(z | y)`` by maximum likelihood on the training latents and contexts.
 
@@ -260,6 +324,7 @@ def fit_plugin(
       config: optimisation settings.
       checkpoint_dir: folder for the resumable training state (None: keep nothing on disk).
       progress: show a progress bar.
+      noise: ε: training latents perturbed by ``U[0, ε)`` noise each step (``fpn_jax.fit``).
 
     Returns:
       The training history (mean NLLs in nats per latent).
@@ -275,6 +340,7 @@ def fit_plugin(
     return fit(
         flow, z["train"], dataset.train.context, key=key, config=config,
         validation=(z["validation"], dataset.validation.context), checkpoint_dir=checkpoint_dir, progress=progress,
+        noise=noise,
     )
 
 

@@ -1,4 +1,4 @@
-"""The ShapeNet experiment: config and overlays, `experiments/shapenet.py --synthetic --tiny` end to end, resume, errors."""
+"""The ShapeNet experiment: config, overlays, `shapenet.py --synthetic --tiny` end to end, resume, errors."""
 
 from __future__ import annotations
 

@@ -6,8 +6,9 @@
 
 Training one (a ``TrainableAutoencoder``) is ``fpn_jax.autoencoders.fit(model, images, key=...)``.
 
-New base models plug in with ``@fpn_jax.registry.register("name")`` on an ``Autoencoder``
-subclass (MSP for CelebA and PointFlow's encoder for ShapeNet will).
+Registered: ``conv_vae`` and ``conv_ae`` (MNIST), ``pointflow`` (ShapeNet: PointFlow's
+auto-encoder) and ``msp`` (CelebA: MSP's VAE; trained with its labels by ``fit_msp``). New
+base models plug in with ``@fpn_jax.registry.register("name")`` on an ``Autoencoder`` subclass.
 """
 
 from __future__ import annotations
@@ -21,17 +22,19 @@ from fpn_jax import checkpoint, registry
 from fpn_jax.autoencoders import training
 from fpn_jax.autoencoders.base import Autoencoder, TrainableAutoencoder, check_data
 from fpn_jax.autoencoders.conv import ConvAE, ConvVAE
+from fpn_jax.autoencoders.msp import MSP, fit_msp
 from fpn_jax.autoencoders.pointflow import PointFlow
 from fpn_jax.autoencoders.training import default_config, fit
 
 registry.register("conv_vae")(ConvVAE)
 registry.register("conv_ae")(ConvAE)
 registry.register("pointflow")(PointFlow)
+registry.register("msp")(MSP)
 
 __all__ = [
     "Autoencoder", "ConvAE", "ConvVAE", "TrainableAutoencoder", "available", "cache_dir", "check_data", "create",
     "default_config", "fit", "freeze", "load", "training",
-    "PointFlow",
+    "MSP", "PointFlow", "fit_msp",
 ]
 
 
@@ -80,7 +83,7 @@ def load(name_or_path: str | os.PathLike) -> Autoencoder:
                 f"load: no trained {name_or_path!r} in the model cache ({path}). Train one with "
                 f"`python experiments/mnist.py` (it caches its base models there) or "
                 f"fpn_jax.autoencoders.fit(...), or convert a PyTorch checkpoint with "
-                f"`python -m fpn_jax.convert autoencoder {name_or_path} MODEL.pt {path}`."
+                f"`{_convert_command(str(name_or_path), path)}`."
             )
     elif not path.exists():
         raise FileNotFoundError(
@@ -89,3 +92,10 @@ def load(name_or_path: str | os.PathLike) -> Autoencoder:
     if not (path / "meta").exists() and (path / "best" / "meta").exists():
         path = path / "best"  # a training folder: its best epoch
     return freeze(checkpoint.load(path, expect=Autoencoder))
+
+
+def _convert_command(name: str, path: Path) -> str:
+    """The conversion command that makes the cached copy of base model ``name``."""
+    if name in ("pointflow", "msp"):
+        return f"python -m fpn_jax.convert {name} CHECKPOINT {path}"
+    return f"python -m fpn_jax.convert autoencoder MODEL.pt {path} --architecture {name}"

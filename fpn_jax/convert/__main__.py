@@ -3,8 +3,11 @@
     python -m fpn_jax.convert autoencoder MODEL.pt OUT_DIR [--architecture conv_vae]
     python -m fpn_jax.convert flow --kind maf FLOW.pt OUT_DIR [--scale-function sigmoid]
     python -m fpn_jax.convert pointflow CHECKPOINT OUT_DIR [--mean train_set_mean.npy --std train_set_std.npy]
+    python -m fpn_jax.convert msp MSP_CelebA.tch OUT_DIR [--overwrite]
 
 ``MODEL.pt``: a torch ``state_dict`` (``.pt``/``.pth``) or a PyTorch Lightning ``.ckpt``.
+``MSP_CelebA.tch``: MSP's CelebA VAE (lissomx/MSP ``CnnVae``, Flow Plugin Networks' CelebA
+base model), a plain state dict; its sizes are read from the shapes.
 ``OUT_DIR`` is then loadable with ``fpn_jax.autoencoders.load`` / ``fpn_jax.checkpoint.load``.
 Nothing is written unless the conversion succeeds; errors name the file and the keys.
 """
@@ -47,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     pointflow.add_argument("--allow-single-category", action="store_true",
                            help="convert a file whose folder is named after one ShapeNet category")
     pointflow.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    msp = commands.add_parser("msp", help="MSP's CelebA VAE (lissomx/MSP CnnVae, MSP_CelebA.tch)")
+    msp.add_argument("source", help="MSP_CelebA.tch: the CnnVae state dict")
+    msp.add_argument("destination", help="output checkpoint folder")
+    msp.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     args = parser.parse_args(argv)
     if args.command == "pointflow" and (args.mean is None) != (args.std is None):
         parser.error("pointflow: give both --mean and --std (train_set_mean.npy, train_set_std.npy) or neither")
@@ -57,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
 
             path = convert_autoencoder(args.source, args.destination, architecture=args.architecture,
                                        overwrite=args.overwrite)
+        elif args.command == "msp":
+            from fpn_jax.convert.msp import convert_msp
+
+            path = convert_msp(args.source, args.destination, overwrite=args.overwrite)
         elif args.command == "pointflow":
             from fpn_jax.convert.pointflow import convert_pointflow
 

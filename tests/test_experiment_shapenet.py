@@ -33,8 +33,8 @@ def test_defaults_are_the_papers_settings_and_the_overlays_only_shrink_them():
     assert (full.plugin_patience, full.points) == (50, 2048)
     offline = shapenet.synthetic()
     assert offline.synthetic and offline.train_base and offline.checkpoint is None
-    # The plugins keep the paper's architecture offline; only the base model and the data shrink.
-    for name in ("maf_hidden", "maf_layers", "maf_blocks", "maf_dropout", "maf_noise", "rnvp_hidden", "rnvp_blocks"):
+    # The plugins keep the paper's layers, blocks, dropout and noise offline (their width shrinks with the data).
+    for name in ("maf_layers", "maf_blocks", "maf_dropout", "maf_noise", "rnvp_layers", "rnvp_blocks"):
         assert getattr(offline, name) == getattr(full, name), name
 
 

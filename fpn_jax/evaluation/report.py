@@ -106,12 +106,11 @@ def shapenet_table(metrics: dict[str, Any]) -> str:
     return _table(["classifier", "test acc.", "test acc. (class prior)", "paper test acc."], rows)
 
 
-def _generation_rows(name: str, result: dict[str, Any]) -> list[list[Any]]:
-    mean = result["mean"]
-    return [[name, *(mean.get(k, "–") for k in GENERATION_KEYS)]]
-
-
-GENERATION_KEYS = ("MMD-CD", "COV-CD", "1-NNA-CD", "MMD-EMD", "COV-EMD", "1-NNA-EMD", "JSD")
+def _generation_keys(results: list[dict[str, Any]]) -> list[str]:
+    """The metric names present in any result, in PointFlow's order (CD, then EMD, then JSD)."""
+    present = {k for r in results for k in r["mean"]}
+    order = [f"{m}-{d}" for d in ("CD", "EMD", "EMD-exact") for m in ("MMD", "COV", "1-NNA")] + ["JSD"]
+    return [k for k in order if k in present] + sorted(present - set(order))
 
 
 def write_shapenet_report(out: Path, metrics: dict[str, Any]) -> Path:
@@ -122,6 +121,11 @@ def write_shapenet_report(out: Path, metrics: dict[str, Any]) -> Path:
     base_text = (f"converted checkpoint `{base['source']}`" if "source" in base else
                  ("cached" if base["cached"] else f"trained in this run ({base['epochs']} epochs)")
                  + f", best validation NLL {base['val_loss']:.1f} nats per cloud")
+    generated = [(f"FPN {PLUGIN_NAMES[p]}", r["generation"]) for p, r in metrics["results"].items()
+                 if "generation" in r]
+    if "ceiling" in metrics:
+        generated.append(("ceiling: encoded training clouds", metrics["ceiling"]))
+    keys = _generation_keys([r for _, r in generated])
     sections = [
         f"# Flow Plugin Networks on {source}",
         f"Run folder `{out}`; {data['train']} train / {data['validation']} validation / {data['test']} test clouds "
@@ -139,12 +143,9 @@ def write_shapenet_report(out: Path, metrics: dict[str, Any]) -> Path:
         f"most {config['generation_references']} test clouds of that class (normalised coordinates) by PointFlow's "
         "metrics: MMD (lower is better), coverage COV (higher), 1-NN accuracy (50% is ideal), JSD of occupancy "
         "grids (lower). Means over classes weighted by their reference counts. The ceiling decodes the codes of "
-        "real training clouds of each class: plugin samples cannot beat what the decoder does with real codes.",
-        _table(["codes", *GENERATION_KEYS],
-               [row for plugin, r in metrics["results"].items() if "generation" in r
-                for row in _generation_rows(f"FPN {PLUGIN_NAMES[plugin]}", r["generation"])]
-               + (_generation_rows("ceiling: encoded training clouds", metrics["ceiling"])
-                  if "ceiling" in metrics else [])),
+        "real training clouds of each class: what the decoder makes of real codes, the level plugin samples can "
+        "hope to reach.",
+        _table(["codes", *keys], [[name, *(r["mean"].get(k, "–") for k in keys)] for name, r in generated]),
     ]
     sections += [f"**{PLUGIN_NAMES[p]}**\n\n![samples](samples_{p}.png)" for p in metrics["results"]]
     sections += [

@@ -9,7 +9,7 @@ import pytest
 from conftest import data, make_flow
 from flax import nnx
 
-from fpn_jax import class_log_likelihoods, classify, manipulate
+from fpn_jax import ConditionalMAF, class_log_likelihoods, classify, manipulate
 
 
 @pytest.mark.parametrize("kind", ["maf", "rnvp"])
@@ -60,3 +60,22 @@ def test_posterior_is_normalised_for_extreme_latents():
     assert (log_lik == log_lik[:, :1]).all() and log_lik[1, 0] < -1e15  # tied, and extreme
     _, log_post = classify(flow, z)
     np.testing.assert_allclose(np.exp(np.asarray(log_post, np.float64)), 1 / 3, rtol=1e-6)
+
+
+def test_attribute_log_ratios_are_log_p_under_y_minus_under_y_with_one_bit_flipped():
+    from fpn_jax.inference import attribute_log_ratios
+
+    flow = ConditionalMAF(3, 4, hidden_features=8, num_layers=2, rngs=nnx.Rngs(1))
+    flow.eval()
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(7, 3)).astype(np.float32)
+    y = rng.integers(0, 2, size=(7, 4)).astype(np.float32)
+    ratios = attribute_log_ratios(flow, z, y, batch_size=3)
+    assert ratios.shape == (7, 4)
+    for a in range(4):
+        flipped = y.copy()
+        flipped[:, a] = 1 - flipped[:, a]
+        expected = np.asarray(flow.log_prob(z, y)) - np.asarray(flow.log_prob(z, flipped))
+        np.testing.assert_allclose(ratios[:, a], expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="0 / 1"):
+        attribute_log_ratios(flow, z, y * 0.5)

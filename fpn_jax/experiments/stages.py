@@ -44,6 +44,8 @@ __all__ = [
     "Timer",
     "baselines",
     "cached_base_model",
+    "cached_fit",
+    "cached_result",
     "cached_judge",
     "cached_latents",
     "config_record",
@@ -560,3 +562,94 @@ def _check_latents(z: Mapping[str, Any], dataset: Dataset, splits: tuple[str, ..
             raise ValueError(
                 f"{where}: argument `z[{split!r}]` must have one row per {split} example ({expected}); got {rows}."
             )
+
+
+# ----------------------------------------------------------------------------- training kept on disk
+def cached_fit(
+    folder: str | os.PathLike,
+    train: Callable[[Path], tuple[Any, History]],
+    *,
+    fingerprint: Mapping[str, Any],
+    expect: type | None = None,
+) -> tuple[Any, History, bool]:
+    """A model trained once into ``folder``: loaded when that training finished, else (re)trained.
+
+    ``train(folder)`` trains a fresh model with ``checkpoint_dir=folder`` (so an interrupted
+    run resumes from ``folder/resume`` and the best epoch lands in ``folder/best``) and returns
+    ``(model, history)``. When it returns, ``folder/training.json`` records the history and
+    ``fingerprint``. A later call with an equal ``fingerprint`` loads ``folder/best`` and that
+    history without calling ``train`` at all; another fingerprint (say a larger
+    ``max_epochs``) calls ``train`` again, which resumes from ``resume/`` as ``fit_model``
+    does (and refuses a folder trained with another step size or batch size).
+
+    Args:
+      folder: the training folder, e.g. ``out / "plugins" / "maf"``.
+      train: trains into the folder it is given; the model must be of a registered
+        architecture and trained with validation (so ``best/`` is written).
+      fingerprint: JSON-able description of what the model depends on (architecture,
+        settings, data); the record is reused only under an equal one.
+      expect: the class ``best/`` must hold (``checkpoint.load(..., expect=)``).
+
+    Returns:
+      ``(model, history, cached)``: the model at its best epoch (eval mode), its history,
+      and whether it was loaded rather than trained.
+
+    Raises:
+      ValueError: a fingerprint that is not JSON-able; as ``train`` and ``checkpoint.load``.
+    """
+    folder = Path(folder)
+    wanted = json.loads(json.dumps(dict(fingerprint), default=_jsonable))
+    record = folder / "training.json"
+    if record.exists() and (folder / "best").exists():
+        saved = json.loads(record.read_text())
+        if saved.get("fingerprint") == wanted:
+            model = checkpoint.load(folder / "best", expect=expect)
+            model.eval()
+            return model, History(**saved["history"]), True
+    model, history = train(folder)
+    temporary = folder / ".training.json.tmp"
+    temporary.write_text(json.dumps({"fingerprint": wanted, "history": dataclasses.asdict(history)}, indent=1,
+                                    default=_jsonable))
+    temporary.replace(record)
+    return model, history, False
+
+
+# ----------------------------------------------------------------------------- results kept on disk
+def cached_result(
+    path: str | os.PathLike,
+    compute: Callable[[], Mapping[str, Any]],
+    *,
+    fingerprint: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A JSON-able evaluation computed once: read from ``path`` when kept there under an equal fingerprint.
+
+    ``path`` holds ``{"fingerprint": ..., "result": ...}``, written atomically (a temporary
+    file, then a rename) when ``compute()`` returns, so a run that stops during a later stage
+    skips this one when it is started again; another fingerprint computes it anew.
+
+    Args:
+      path: the JSON file, e.g. ``out / "evaluations" / "conv_vae_maf.json"``.
+      compute: makes the result (a mapping of JSON-able values; numpy scalars and arrays allowed).
+      fingerprint: JSON-able description of what the result depends on.
+
+    Returns:
+      The result, as read back from JSON (tuples become lists, numpy values numbers).
+
+    Raises:
+      TypeError: a result or fingerprint that is not JSON-able.
+    """
+    path = Path(path)
+    wanted = json.loads(json.dumps(dict(fingerprint), default=_jsonable))
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            saved = {}
+        if saved.get("fingerprint") == wanted and "result" in saved:
+            return saved["result"]
+    result = json.loads(json.dumps(dict(compute()), default=_jsonable))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps({"fingerprint": wanted, "result": result}, indent=1))
+    temporary.replace(path)
+    return result

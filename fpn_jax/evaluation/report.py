@@ -156,7 +156,7 @@ def write_shapenet_report(out: Path, metrics: dict[str, Any]) -> Path:
         "## Latent space", "t-SNE of test latents and plugin samples, fitted jointly.", "![embedding](embedding.png)",
         "## Plugin training", "![training curves](training_curves.png)",
         "## Wall time (seconds)",
-        _table(["stage", "seconds"], [[k, v] for k, v in metrics["timings"].items()]),
+        _table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in metrics["timings"].items()]),
     ]
     path = Path(out) / "report.md"
     path.write_text("\n\n".join(sections) + "\n")

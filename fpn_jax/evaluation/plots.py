@@ -118,7 +118,8 @@ def image_grid(
         raise ValueError(f"{where}: argument `images` is empty; got shape {images.shape}.")
     if row_labels is not None and len(row_labels) != r:
         raise ValueError(f"{where}: argument `row_labels` must have one label per row ({r}); got {len(row_labels)}.")
-    fig = _grid_figure(r, k, h, w, title=bool(title), label_width=0.6)
+    longest = max((len(str(label)) for label in row_labels), default=0) if row_labels is not None else 0
+    fig = _grid_figure(r, k, h, w, title=bool(title), label_width=max(0.6, 0.1 * longest + 0.4))
     ax = fig.add_subplot()
     _draw_mosaic(ax, images, row_labels)
     if ylabel:

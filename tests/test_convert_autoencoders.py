@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -116,3 +118,39 @@ def test_conversion_cli(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert bad.returncode != 0 and "missing.pt" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_run_py_model_pkt_with_its_config(monkeypatch, tmp_path, capsys):
+    """The original run.py pickles the whole ConvVAE (model.pkt) with config.yaml one folder up."""
+    import yaml
+    from original_code import rehome, save_like_run_py
+    from torch_autoencoders import Decoder, Encoder
+
+    from fpn_jax.convert.__main__ import main as convert_main
+
+    names = {TorchConvVAE: "models.vae.conv_vae.ConvVAE", Encoder: "models.vae.conv_vae.Encoder",
+             Decoder: "models.vae.conv_vae.Decoder"}
+    reference = rehome(monkeypatch, perturbed(TorchConvVAE(), seed=4), names)
+    config = {"model_params": {"name": "ConvVAE", "type": "vae", "params": {"latent_dim": 40}}}
+    path = save_like_run_py(reference, tmp_path / "logs" / "ConvVAE", config)
+    with pytest.raises(pickle.UnpicklingError, match="Unsupported global"):  # torch's safe loader refuses it
+        torch.load(path, weights_only=True)
+
+    out = convert_autoencoder(path, tmp_path / "vae")
+    model = autoencoders.load(out)
+    assert isinstance(model, autoencoders.ConvVAE)
+    x = np.random.default_rng(0).uniform(size=(3, 1, 28, 28)).astype(np.float32)
+    with torch.no_grad():
+        expected = reference.encode(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.asarray(model.encode(x.transpose(0, 2, 3, 1))), expected, atol=1e-5)
+
+    with pytest.raises(CheckpointError, match=r"is a conv_vae \(it is a pickled ConvVAE\).*architecture='conv_ae'"):
+        convert_autoencoder(path, tmp_path / "ae", architecture="conv_ae")
+    assert convert_main(["autoencoder", str(path), str(tmp_path / "ae"), "--architecture", "conv_ae"]) == 1
+    err = capsys.readouterr().err
+    assert "but --architecture conv_ae was given; pass --architecture conv_vae or give none" in err
+
+    (path.parent.parent / "config.yaml").write_text(yaml.safe_dump({**config, "model_params": {
+        **config["model_params"], "name": "ConvAE"}}))
+    with pytest.raises(CheckpointError, match=r"it is a pickled ConvVAE but .*config.yaml names ConvAE"):
+        convert_autoencoder(path, tmp_path / "ae")

@@ -254,3 +254,57 @@ def test_non_finite_weights_are_named(tmp_path):
     torch.save(state, path)
     with pytest.raises(CheckpointError, match=rf"diverged.pt' holds NaN or infinite values .* 1 tensor\(s\): {key}\."):
         read_state_dict(path)
+
+
+# --------------------------------------------------------------------------- kind and variants
+@pytest.mark.parametrize("kind", KINDS)
+def test_kind_is_read_from_the_keys(kind):
+    state = numpy_state(reference(kind, "small"))
+    assert infer_nflows_config(state) == infer_nflows_config(state, kind)
+    flow = flow_from_nflows(state)
+    assert isinstance(flow, ConditionalMAF if kind == "maf" else ConditionalRealNVP)
+    z, context = inputs(40, 10, 3)
+    np.testing.assert_array_equal(flow.log_prob(z, context), converted(kind, "small").log_prob(z, context))
+
+
+def _variant_state(**kwargs) -> dict[str, np.ndarray]:
+    from nflows.transforms.autoregressive import MaskedAffineAutoregressiveTransform
+    from nflows.transforms.coupling import AdditiveCouplingTransform
+
+    flow = ref.maf(6, 2, 8, num_layers=2)
+    torch.manual_seed(0)
+    if "coupling" in kwargs:  # SimpleRealNVP(use_volume_preserving=True)
+        flow = ref.rnvp(6, 2, 8, num_layers=2)
+        mask = flow._transform._transforms[0].transform_features.new_ones(6)
+        mask[::2] = -1
+        flow._transform._transforms[0] = AdditiveCouplingTransform(
+            mask, lambda i, o: ref.ResidualNet(i, o, hidden_features=8, context_features=2, num_blocks=2))
+    elif kwargs:
+        flow._transform._transforms[1] = MaskedAffineAutoregressiveTransform(
+            features=6, hidden_features=8, context_features=2, num_blocks=2, **kwargs)
+    return numpy_state(flow)
+
+
+@pytest.mark.parametrize("variant, message", [
+    ({"use_residual_blocks": False}, r"an nflows MAF without residual blocks \(MaskedAutoregressiveFlow\("
+                                     r"use_residual_blocks=False\): .*MaskedFeedforwardBlocks\).*not supported"),
+    ({"use_residual_blocks": False, "random_mask": True},
+     r"MAF without residual blocks and with random masks \(.*use_random_masks=True\)"),
+    ({"coupling": "additive"}, r"a volume-preserving nflows RealNVP \(SimpleRealNVP\(use_volume_preserving=True\)"),
+])
+def test_unsupported_variants_are_named_not_listed_as_missing_keys(variant, message):
+    from fpn_jax.convert.torch_io import UnsupportedVariantError
+
+    for kind in (None, "maf"):
+        with pytest.raises(UnsupportedVariantError, match=message) as info:
+            flow_from_nflows(_variant_state(**variant), kind=kind, source="flow.pt")
+        assert "missing keys" not in str(info.value)
+
+
+def test_a_transform_neither_flow_has_is_named():
+    from fpn_jax.convert.torch_io import UnsupportedVariantError
+
+    state = numpy_state(reference("maf", "small"))
+    state["_transform._transforms.2.log_scale"] = state.pop("_transform._transforms.2._permutation").astype("f4")
+    with pytest.raises(UnsupportedVariantError, match=r"_transform._transforms.2 holds \['log_scale'\]"):
+        flow_from_nflows(state)

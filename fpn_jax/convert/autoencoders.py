@@ -1,4 +1,7 @@
-"""PyTorch ConvVAE / ConvAE state dicts (the original code's names) → fpn-jax base models.
+"""PyTorch ConvVAE / ConvAE (the original code's names) → fpn-jax base models.
+
+Reads state dicts, Lightning checkpoints and the original ``run.py``'s whole pickled
+``model.pkt`` (without running it; see ``fpn_jax.convert.torch_io.read_torch_file``).
 
 Key mapping (torch → ours), with ``i`` the block index::
 
@@ -25,6 +28,7 @@ import numpy as np
 from fpn_jax import checkpoint
 from fpn_jax.autoencoders.base import Autoencoder
 from fpn_jax.checkpoint import CheckpointError
+from fpn_jax.convert.torch_io import TorchFile, check_destination, check_state_dict, read_torch_file
 
 ENCODER = [("enc.disc.0.0", "enc.conv_1", "conv"), ("enc.disc.0.1", "enc.norm_1", "norm"),
            ("enc.disc.1.0", "enc.conv_2", "conv"), ("enc.disc.1.1", "enc.norm_2", "norm"),
@@ -64,7 +68,8 @@ def autoencoder_from_state_dict(
     """Builds the fpn-jax model and copies the torch weights in (eval mode).
 
     Args:
-      state_dict: torch parameter name → array (see ``fpn_jax.convert.torch_io.read_state_dict``).
+      state_dict: torch parameter name → array (see ``fpn_jax.convert.torch_io.read_state_dict``;
+        the state dict of a pickled module, too).
       architecture: ``conv_vae`` or ``conv_ae``; guessed from the keys by default.
       source: the file it came from, for error messages.
 
@@ -72,7 +77,6 @@ def autoencoder_from_state_dict(
       CheckpointError: listing every missing or unexpected key and every shape mismatch.
     """
     from fpn_jax import autoencoders
-    from fpn_jax.convert.torch_io import check_state_dict
 
     architecture = architecture or guess_architecture(state_dict)
     if architecture not in HEADS:
@@ -100,20 +104,71 @@ def autoencoder_from_state_dict(
     return autoencoders.freeze(model)
 
 
+#: The original code's autoencoder classes (pickled ``model.pkt``) and config names → ours.
+PICKLED_CLASSES = {
+    "models.vae.conv_vae.ConvVAE": "conv_vae",
+    "models.vae.conv_ae.ConvAE": "conv_ae",
+}
+CONFIG_NAMES = {"ConvVAE": "conv_vae", "ConvAE": "conv_ae"}
+
+
+def _architecture_of(file: TorchFile, architecture: str | None) -> str | None:
+    """The architecture the file's pickled class or ``config.yaml`` names, checked against ``architecture``."""
+    said = []
+    if file.module is not None:
+        name = file.module.qualified_name
+        if name not in PICKLED_CLASSES:
+            hint = ""
+            if "flow" in name.lower():
+                hint = " It is a flow: convert it with 'python -m fpn_jax.convert flow' (convert_flow)."
+            raise CheckpointError(
+                f"{file.source} holds a pickled {name}, not one of the original code's MNIST autoencoders "
+                f"({', '.join(sorted(PICKLED_CLASSES))}).{hint}"
+            )
+        said.append((PICKLED_CLASSES[name], f"it is a pickled {name.rpartition('.')[2]}"))
+    if file.config is not None and file.config["model_params"]["name"] in CONFIG_NAMES:
+        name = file.config["model_params"]["name"]
+        said.append((CONFIG_NAMES[name], f"{file.config_path} names {name}"))
+    for found, why in said:
+        if architecture is not None and found != architecture:
+            raise CheckpointError(
+                f"{file.source} is a {found} ({why}), but architecture={architecture!r} was given; "
+                f"pass architecture={found!r} or give none."
+            )
+    if len({found for found, _ in said}) > 1:
+        raise CheckpointError(f"{file.source}: " + " but ".join(why for _, why in said) + ".")
+    return said[0][0] if said else architecture
+
+
 def convert_autoencoder(
     source: str | os.PathLike, destination: str | os.PathLike, *, architecture: str | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Converts a torch autoencoder file into an orbax checkpoint for ``fpn_jax.autoencoders.load``.
 
-    Reads a torch ``.pt``/``.pth`` state dict or Lightning ``.ckpt`` and writes an orbax
-    checkpoint that ``fpn_jax.autoencoders.load`` accepts. Nothing is written unless the
-    whole conversion succeeds.
-    """
-    from fpn_jax.convert.torch_io import read_state_dict
+    Reads a torch ``.pt``/``.pth`` state dict, a Lightning ``.ckpt`` or the original code's
+    whole pickled ``ConvVAE`` / ``ConvAE`` (``model.pkt``), without running any code from it
+    (``fpn_jax.convert.torch_io.read_torch_file``), and writes an orbax checkpoint. The
+    architecture comes from the pickled class, the original's ``config.yaml`` beside the file,
+    or the keys. Nothing is written unless the whole conversion succeeds.
 
-    state = read_state_dict(source)
-    model = autoencoder_from_state_dict(state, architecture=architecture, source=str(source))
+    Args:
+      source: the torch file.
+      destination: the checkpoint folder to write.
+      architecture: ``conv_vae`` or ``conv_ae``, checked against the file when given.
+      overwrite: replace an existing ``destination``.
+
+    Returns:
+      The checkpoint folder.
+
+    Raises:
+      FileExistsError: ``destination`` exists and ``overwrite`` is False (checked first).
+      CheckpointError: an unreadable file, another model, or keys and shapes that do not match.
+    """
+    check_destination(destination, overwrite)
+    file = read_torch_file(source)
+    architecture = _architecture_of(file, architecture)
+    model = autoencoder_from_state_dict(file.state, architecture=architecture, source=str(source))
     return checkpoint.save(destination, model, extra={"converted_from": str(Path(source).absolute())},
                            overwrite=overwrite)
 

@@ -39,17 +39,22 @@ and ``k`` the index of the layer's first transform (``i * (2 + bn_between)`` for
 
 Both libraries use the same epsilons (1e-3 for the scale floor and the residual blocks'
 ``BatchNorm1d``, 1e-5 for the ``BatchNorm`` bijector) and nflows' data → noise ``forward`` is
-our ``inverse``. Not stored in the state dict and so not inferable: the activation (ReLU, as
-in the original code) and the dropout rate (irrelevant in eval mode); pass them as overrides.
-Anything else nflows can express (random permutations or masks, other masks, an embedding
-net that is not one ``Linear``, an unconditional flow) cannot be represented exactly and
-raises ``CheckpointError``.
+our ``inverse``. The kind (MAF or RealNVP) and every size are read from the keys and shapes.
+Not stored in a state dict: the activation (ReLU, as in the original code) and the dropout
+rate (irrelevant in eval mode); a whole pickled flow (the original ``run.py``'s ``model.pkt``,
+read without running it, see ``fpn_jax.convert.pickled``) records both, and the original's
+``config.yaml`` beside the file records the dropout rate; otherwise pass them as overrides.
+Anything else nflows can express (a MAF without residual blocks, random masks or permutations,
+volume-preserving couplings, other transforms, an embedding net that is not one ``Linear``, an
+unconditional flow) cannot be represented exactly and raises ``UnsupportedVariantError`` (a
+``CheckpointError``) saying which variant it is.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -62,7 +67,15 @@ from flax import nnx
 
 from fpn_jax import checkpoint
 from fpn_jax.checkpoint import CheckpointError
-from fpn_jax.convert.torch_io import check_state_dict, read_state_dict
+from fpn_jax.convert.pickled import PickledObject, StandIn
+from fpn_jax.convert.torch_io import (
+    ConfigMismatchWarning,
+    TorchFile,
+    UnsupportedVariantError,
+    check_destination,
+    check_state_dict,
+    read_torch_file,
+)
 from fpn_jax.flows import ConditionalMAF, ConditionalRealNVP
 from fpn_jax.nn import made_mask
 
@@ -116,12 +129,122 @@ def _shape(state: StateDict, prefixes: list[str], suffix: str) -> tuple[int, ...
     return shapes.most_common(1)[0][0] if shapes else None
 
 
-def infer_nflows_config(state_dict: StateDict, kind: Kind, *, source: str = "state_dict") -> dict[str, Any]:
+def _unsupported(source: str, variant: str, detail: str, supported: str) -> UnsupportedVariantError:
+    return UnsupportedVariantError(
+        f"{source} is {variant} ({detail}), which fpn-jax cannot represent exactly ({supported}): this "
+        "variant is not supported.",
+        variant,
+    )
+
+
+def _cycling_degrees(n: int, features: int) -> np.ndarray:
+    """The non-random hidden degrees of nflows' MADE: ``arange(n) % max(1, D - 1) + min(1, D - 1)``."""
+    return np.arange(n) % max(1, features - 1) + min(1, features - 1)
+
+
+def check_nflows_variant(state_dict: StateDict, *, source: str = "state_dict") -> None:
+    """Says plainly which unsupported nflows variant a state dict is, if it is one.
+
+    Checked from the keys and buffers: a MAF without residual blocks (``MaskedFeedforwardBlock``
+    s, ``use_residual_blocks=False``), possibly with random masks; MADE random masks; random
+    permutations; volume-preserving (additive) couplings; transforms that neither original flow
+    has.
+
+    Args:
+      state_dict: ``{key: array}`` of an nflows ``Flow``.
+      source: name of the state dict's origin, for the message.
+
+    Raises:
+      UnsupportedVariantError: naming the variant.
+    """
+    roles = _transforms(state_dict)
+    feedforward = re.compile(rf"{re.escape(_T)}\.\d+\.autoregressive_net\.blocks\.\d+\.linear\.")
+    hidden_degrees = [
+        k for k in state_dict
+        if ".autoregressive_net." in k and k.endswith(".degrees") and ".final_layer." not in k
+    ]
+    features = next(
+        (int(np.shape(v)[1]) for k, v in state_dict.items() if k.endswith("autoregressive_net.initial_layer.weight")),
+        0,
+    )
+    random_masks = features > 0 and any(
+        not np.array_equal(state_dict[k], _cycling_degrees(len(state_dict[k]), features)) for k in hidden_degrees
+    )
+    if any(feedforward.match(k) for k in state_dict):
+        variant = "an nflows MAF without residual blocks" + (" and with random masks" if random_masks else "")
+        flags = "use_residual_blocks=False" + (", use_random_masks=True" if random_masks else "")
+        raise _unsupported(
+            source, variant, f"MaskedAutoregressiveFlow({flags}): its MADEs are built of MaskedFeedforwardBlocks",
+            "fpn-jax's ConditionalMAF has residual blocks with degree-cycling masks (use_residual_blocks=True, "
+            "use_random_masks=False, the original FPN code's defaults)",
+        )
+    if random_masks:
+        raise _unsupported(
+            source, "an nflows MAF with random masks", "use_random_masks=True: its MADE degrees are not nflows' "
+            "cycling ones", "fpn-jax's ConditionalMAF uses degree-cycling masks (use_random_masks=False)",
+        )
+    permutations = [i for i, r in roles.items() if r == "perm"]
+    for index, role in roles.items():
+        if role == "perm":
+            perm = np.asarray(state_dict[f"{_T}.{index}._permutation"])
+            if not np.array_equal(perm, np.arange(len(perm))[::-1]):
+                raise _unsupported(
+                    source, "an nflows MAF with random permutations",
+                    f"use_random_permutations=True: layer {permutations.index(index)}'s permutation "
+                    f"{_T}.{index}._permutation is not the reversal D-1..0",
+                    "fpn-jax's ConditionalMAF reverses the features between layers (ReversePermutation)",
+                )
+        elif role == "coupling":
+            trans = state_dict.get(f"{_T}.{index}.transform_features")
+            final = state_dict.get(f"{_T}.{index}.transform_net.final_layer.weight")
+            if trans is not None and final is not None and np.shape(final)[0] == np.shape(trans)[0]:
+                raise _unsupported(
+                    source, "a volume-preserving nflows RealNVP",
+                    "SimpleRealNVP(use_volume_preserving=True): AdditiveCouplingTransforms, shift only",
+                    "fpn-jax's ConditionalRealNVP has affine couplings (scale and shift)",
+                )
+        elif role == "?":
+            names = sorted({k.split(".", 3)[3] for k in state_dict if k.startswith(f"{_T}.{index}.")})
+            raise _unsupported(
+                source, "an nflows flow with a transform neither original flow has",
+                f"{_T}.{index} holds {names[:6]}",
+                "fpn-jax converts the original MAF (ReversePermutation, MaskedAffineAutoregressiveTransform, "
+                "BatchNorm) and RealNVP (AffineCouplingTransform, BatchNorm)",
+            )
+
+
+def detect_nflows_kind(state_dict: StateDict, *, source: str = "state_dict") -> Kind:
+    """Tells an nflows MAF from a RealNVP by its keys.
+
+    Args:
+      state_dict: ``{key: array}`` of an nflows ``Flow``.
+      source: name of the state dict's origin, for the message.
+
+    Returns:
+      ``"maf"`` (``MaskedAffineAutoregressiveTransform`` s) or ``"rnvp"``
+      (``AffineCouplingTransform`` s).
+
+    Raises:
+      CheckpointError: neither, or both.
+    """
+    found = {r for r in _transforms(state_dict).values() if r in ("made", "coupling")}
+    if len(found) == 1:
+        return "maf" if found == {"made"} else "rnvp"
+    sample = ", ".join(list(state_dict)[:6])
+    what = "both MADE and coupling transforms" if found else f"no '{_T}.N.{{autoregressive_net,transform_net}}.*' keys"
+    raise CheckpointError(
+        f"{source} is not an nflows MAF or RealNVP state_dict: {what} (keys such as {sample})."
+    )
+
+
+def infer_nflows_config(
+    state_dict: StateDict, kind: Kind | None = None, *, source: str = "state_dict"
+) -> dict[str, Any]:
     """Infers the fpn-jax constructor arguments of an nflows ``Flow`` from its keys and shapes.
 
     Args:
       state_dict: ``{key: array}`` of the nflows ``Flow`` (see ``read_state_dict``).
-      kind: ``"maf"`` or ``"rnvp"``.
+      kind: ``"maf"`` or ``"rnvp"``, checked against the keys; read from them by default.
       source: name of the state dict's origin, for error messages.
 
     Returns:
@@ -131,11 +254,15 @@ def infer_nflows_config(state_dict: StateDict, kind: Kind, *, source: str = "sta
       ``scale_function="sigmoid"`` for RealNVP), JSON-serialisable.
 
     Raises:
-      CheckpointError: the state dict is not an nflows flow of this kind, or a size
+      UnsupportedVariantError: an nflows variant fpn-jax cannot represent (named).
+      CheckpointError: the state dict is not an nflows flow (of this kind), or a size
         cannot be inferred.
     """
-    if kind not in _MAIN:
-        raise ValueError(f"infer_nflows_config: `kind` must be 'maf' or 'rnvp'; got {kind!r}.")
+    if kind is not None and kind not in _MAIN:
+        raise ValueError(f"infer_nflows_config: `kind` must be 'maf', 'rnvp' or None; got {kind!r}.")
+    check_nflows_variant(state_dict, source=source)
+    if kind is None:
+        kind = detect_nflows_kind(state_dict, source=source)
     roles = _transforms(state_dict)
     main = "made" if kind == "maf" else "coupling"
     layers = [i for i, r in roles.items() if r == main]
@@ -146,7 +273,7 @@ def infer_nflows_config(state_dict: StateDict, kind: Kind, *, source: str = "sta
         raise CheckpointError(
             f"{source} is not an nflows {_NAMES[kind]} state_dict (kind={kind!r}): no "
             f"'{_T}.N.{_MAIN[kind]}.*' keys; its transforms are {found} (keys such as {sample}). "
-            f"Wrong kind? Try kind={other!r}."
+            f"Wrong kind? Try kind={other!r}, or give no kind: it is read from the keys."
         )
     prefixes = [f"{_T}.{i}.{_MAIN[kind]}." for i in layers]
 
@@ -387,10 +514,147 @@ def _load(
         raise AssertionError(f"converter bug: variables left unset: {unset}")
 
 
+# --------------------------------------------------------------------- pickles and config.yaml
+#: What the original code's and nflows' flow classes are called in a pickle (``model.pkt``).
+FLOW_CLASSES = frozenset({
+    "models.flows.autoregressive.MaskedAutoregressiveFlow",
+    "models.flows.realnvp.SimpleRealNVP",
+    "flows.autoregressive.MaskedAutoregressiveFlow",
+    "flows.realnvp.SimpleRealNVP",
+    "flows.base.Flow",
+    "nflows.flows.base.Flow",
+    "nflows.flows.autoregressive.MaskedAutoregressiveFlow",
+    "nflows.flows.realnvp.SimpleRealNVP",
+})
+_TRANSFORM_ROLES = {  # nflows class name → what it is in the original flows
+    "ReversePermutation": "perm",
+    "MaskedAffineAutoregressiveTransform": "maf",
+    "AffineCouplingTransform": "rnvp",
+    "BatchNorm": "bn",
+}
+_UNSUPPORTED_TRANSFORMS = {
+    "RandomPermutation": ("an nflows MAF with random permutations", "use_random_permutations=True",
+                          "fpn-jax's ConditionalMAF reverses the features between layers (ReversePermutation)"),
+    "AdditiveCouplingTransform": ("a volume-preserving nflows RealNVP",
+                                  "SimpleRealNVP(use_volume_preserving=True): additive couplings, shift only",
+                                  "fpn-jax's ConditionalRealNVP has affine couplings (scale and shift)"),
+}
+#: torch activations (last name of the pickled function) with an exact ``jax.nn`` equal.
+_ACTIVATIONS = {"relu", "tanh", "sigmoid", "elu", "silu", "leaky_relu", "softplus", "selu", "celu"}
+_CONFIG_NAMES = {"MAF": "maf", "RNVP": "rnvp"}
+_CONFIG_SIZES = {  # the original's constructor argument → ours, default
+    "features": ("features", None),
+    "hidden_features": ("hidden_features", None),
+    "context_features": ("context_features", None),
+    "embedding_features": ("embedding_features", None),
+    "num_layers": ("num_layers", 5),
+    "num_blocks_per_layer": ("num_blocks", 2),
+    "batch_norm_within_layers": ("batch_norm_within", False),
+    "batch_norm_between_layers": ("batch_norm_between", False),
+}
+
+
+def describe_pickled_flow(module: PickledObject, *, source: str = "the pickle") -> dict[str, Any]:
+    """What a pickled nflows flow (the original ``model.pkt``) says beyond its weights.
+
+    Args:
+      module: the pickled flow (``TorchFile.module``).
+      source: the file, for messages.
+
+    Returns:
+      ``{"kind": "maf" | "rnvp", "activation": name, "dropout": rate}`` (activation and
+      dropout only where the pickle holds them).
+
+    Raises:
+      UnsupportedVariantError: a transform class, or an activation, fpn-jax's flows do not have.
+      CheckpointError: the pickle is not a flow (an autoencoder of the original code, say).
+    """
+    name = module.qualified_name
+    if name not in FLOW_CLASSES:
+        hint = ""
+        if name.startswith("models.vae."):
+            hint = (" It is an autoencoder of the original code: convert it with 'python -m fpn_jax.convert "
+                    "autoencoder' (convert_autoencoder).")
+        raise CheckpointError(
+            f"{source} holds a pickled {name}, not one of the original code's nflows flows "
+            f"({', '.join(sorted(c.rpartition('.')[2] for c in FLOW_CLASSES if c.startswith('models.')))}).{hint}"
+        )
+    transforms = module.get("_transform._transforms")
+    children = transforms.children() if isinstance(transforms, PickledObject) else {}
+    kinds = set()
+    for index, child in children.items():
+        short = child.short_name()
+        if short in _UNSUPPORTED_TRANSFORMS:
+            variant, detail, supported = _UNSUPPORTED_TRANSFORMS[short]
+            raise _unsupported(source, variant, f"{detail}; {_T}.{index} is a {child.qualified_name}", supported)
+        role = _TRANSFORM_ROLES.get(short)
+        if role is None or not child.qualified_name.startswith("nflows."):
+            raise _unsupported(
+                source, "an nflows flow with a transform neither original flow has",
+                f"{_T}.{index} is a {child.qualified_name}",
+                "fpn-jax converts the original MAF (ReversePermutation, MaskedAffineAutoregressiveTransform, "
+                "BatchNorm) and RealNVP (AffineCouplingTransform, BatchNorm)",
+            )
+        kinds.add(role)
+    found: dict[str, Any] = {}
+    if len(kinds & {"maf", "rnvp"}) == 1:
+        found["kind"] = (kinds & {"maf", "rnvp"}).pop()
+    for path, sub in module.named_modules():
+        activation = sub.attributes.get("activation")
+        if "activation" not in found and isinstance(activation, type) and issubclass(activation, StandIn):
+            short = activation.short_name()
+            if short not in _ACTIVATIONS or not activation.qualified_name.startswith("torch."):
+                raise _unsupported(
+                    source, f"an nflows flow with the activation {activation.qualified_name}",
+                    f"{path}.activation", f"fpn-jax converts torch's {', '.join(sorted(_ACTIVATIONS))}",
+                )
+            found["activation"] = short
+        if "dropout" not in found and sub.qualified_name == "torch.nn.modules.dropout.Dropout":
+            found["dropout"] = float(sub.attributes.get("p", 0.0))
+    return found
+
+
+def _config_hints(file: TorchFile) -> dict[str, Any]:
+    """The kind, dropout and sizes the original code's ``config.yaml`` beside the file records."""
+    if file.config is None:
+        return {}
+    model = file.config["model_params"]
+    params = model["params"]
+    hints: dict[str, Any] = {"name": str(model["name"]), "sizes": {}}
+    if model["name"] in _CONFIG_NAMES:
+        hints["kind"] = _CONFIG_NAMES[model["name"]]
+    if isinstance(params.get("dropout_probability"), (int, float)):
+        hints["dropout"] = float(params["dropout_probability"])
+    for theirs, (ours, default) in _CONFIG_SIZES.items():
+        hints["sizes"][ours] = params.get(theirs, default)
+    return hints
+
+
+def _warn_config_mismatches(file: TorchFile, config: Mapping[str, Any], kind: Kind, hints: Mapping[str, Any]) -> None:
+    """Warns where ``config.yaml`` disagrees with the weights (the weights win)."""
+    if not hints:
+        return
+    wrong = []
+    if hints.get("kind", kind) != kind or hints["name"] not in _CONFIG_NAMES:
+        wrong.append(f"model_params.name is {hints['name']!r}, the weights are an nflows {_NAMES[kind]}")
+    for ours, value in hints["sizes"].items():
+        if value is not None and ours in config and value != config[ours]:
+            wrong.append(f"{ours}: config.yaml {value!r}, the weights {config[ours]!r}")
+        elif value is None and ours == "embedding_features" and config.get(ours) is not None:
+            wrong.append(f"{ours}: config.yaml none, the weights {config[ours]!r}")
+    if wrong:
+        warnings.warn(
+            f"{file.config_path} does not describe {file.source} (converted as the weights say): "
+            + "; ".join(wrong) + ".",
+            ConfigMismatchWarning,
+            stacklevel=3,
+        )
+
+
 def flow_from_nflows(
-    state_dict: StateDict | str | os.PathLike,
+    state_dict: StateDict | TorchFile | str | os.PathLike,
     *,
-    kind: Kind,
+    kind: Kind | None = None,
     context_features: int | None = None,
     source: str | None = None,
     **overrides: Any,
@@ -400,31 +664,46 @@ def flow_from_nflows(
     The architecture is inferred (``infer_nflows_config``), overridden by ``context_features``
     and ``overrides``, checked against the state dict (every missing/unexpected key and shape
     mismatch is listed), and the weights are copied (see the module docstring for the map).
-    The returned flow is in eval mode; ``log_prob``, ``to_noise`` and ``from_noise`` equal
-    nflows' ``log_prob``, ``_transform(z, ctx)[0]`` and ``_transform.inverse(u, ctx)[0]``.
+    From a file, a whole pickled flow adds its activation and dropout rate, and the original
+    code's ``config.yaml`` beside the file its dropout rate (``ConfigMismatchWarning`` where it
+    disagrees with the weights). The returned flow is in eval mode; ``log_prob``, ``to_noise``
+    and ``from_noise`` equal nflows' ``log_prob``, ``_transform(z, ctx)[0]`` and
+    ``_transform.inverse(u, ctx)[0]``.
 
     Args:
-      state_dict: ``{key: array}`` of the nflows ``Flow``, or a path to read with
-        ``read_state_dict``.
-      kind: ``"maf"`` (``ConditionalMAF``) or ``"rnvp"`` (``ConditionalRealNVP``).
+      state_dict: ``{key: array}`` of the nflows ``Flow``, a ``TorchFile``, or a path to read
+        with ``read_torch_file`` (state dict, Lightning ``.ckpt`` or pickled ``model.pkt``).
+      kind: ``"maf"`` (``ConditionalMAF``) or ``"rnvp"`` (``ConditionalRealNVP``), checked
+        against the file when given; read from it (the keys) by default.
       context_features: C, if you want it checked; inferred otherwise.
       source: name of the state dict's origin for messages (default: the path).
       **overrides: other constructor arguments, winning over the inferred ones (e.g.
-        ``activation``, ``dropout``; not stored in a state dict).
+        ``activation``, ``dropout``: not stored in a state dict).
 
     Returns:
-      The converted flow. ``infer_nflows_config(state_dict, kind) | overrides`` is the
-      config to save alongside it.
+      The converted flow; ``flow.config`` is its configuration.
 
     Raises:
-      CheckpointError: not an nflows flow of this kind, keys or shapes that do not match,
-        or a structure fpn-jax cannot represent exactly.
+      UnsupportedVariantError: an nflows variant fpn-jax cannot represent (named).
+      CheckpointError: not an nflows flow (of the given kind), keys or shapes that do not
+        match, or an unreadable file (see ``read_torch_file``).
     """
+    hints: dict[str, Any] = {}
+    file = None
     if isinstance(state_dict, (str, os.PathLike)):
-        source = source or str(state_dict)
-        state_dict = read_state_dict(state_dict)
+        state_dict = read_torch_file(state_dict)
+    if isinstance(state_dict, TorchFile):
+        file, source = state_dict, source or state_dict.source
+        hints = _config_hints(file)
+        found = describe_pickled_flow(file.module, source=source) if file.module is not None else {}
+        defaults = {k: v for k, v in {"dropout": hints.get("dropout"), **found}.items() if v is not None}
+        overrides = {k: v for k, v in defaults.items() if k != "kind"} | overrides
+        state_dict = file.state
     source = source or "state_dict"
     config = infer_nflows_config(state_dict, kind, source=source)
+    kind = kind or detect_nflows_kind(state_dict, source=source)
+    if file is not None:
+        _warn_config_mismatches(file, config, kind, hints)
     if context_features is not None:
         overrides["context_features"] = context_features
     if overrides.get("scale_function", "sigmoid") != "sigmoid" and kind == "rnvp":
@@ -444,14 +723,30 @@ def flow_from_nflows(
 
 
 def convert_flow(
-    source: str | os.PathLike, destination: str | os.PathLike, *, kind: Kind, overwrite: bool = False,
-    **overrides: Any,
+    source: str | os.PathLike, destination: str | os.PathLike, *, kind: Kind | None = None,
+    overwrite: bool = False, **overrides: Any,
 ) -> Path:
     """Converts an nflows ``Flow`` file into an orbax checkpoint for ``fpn_jax.checkpoint.load``.
 
-    Reads an nflows ``Flow`` state dict (``.pt``/``.pth``/Lightning ``.ckpt``) and writes an
-    orbax checkpoint that ``fpn_jax.checkpoint.load`` accepts; nothing is written on failure.
+    Reads a state dict (``.pt``/``.pth``), a Lightning ``.ckpt`` or the original code's whole
+    pickled flow (``model.pkt``, with its ``config.yaml``), without running any code from it
+    (``flow_from_nflows``), and writes an orbax checkpoint; nothing is written on failure.
+
+    Args:
+      source: the torch file.
+      destination: the checkpoint folder to write.
+      kind: ``"maf"`` or ``"rnvp"``, checked when given; read from the file by default.
+      overwrite: replace an existing ``destination``.
+      **overrides: constructor arguments, see ``flow_from_nflows``.
+
+    Returns:
+      The checkpoint folder.
+
+    Raises:
+      FileExistsError: ``destination`` exists and ``overwrite`` is False (checked first).
+      CheckpointError: see ``flow_from_nflows``.
     """
+    check_destination(destination, overwrite)
     flow = flow_from_nflows(source, kind=kind, **overrides)
     return checkpoint.save(destination, flow, extra={"converted_from": str(Path(source).absolute())},
                            overwrite=overwrite)

@@ -528,10 +528,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike | None = None)
     Raises:
       UsageError: missing or malformed data, no or a wrong base model, shard folders of another run.
     """
-    if workdir is not None:
-        config = dataclasses.replace(config, out=os.fspath(workdir))
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    config, out = stages.run_folder(config, workdir)
     timer = stages.Timer()
     record: dict[str, Any] = {
         "config": stages.config_record(config), "environment": stages.environment(),

@@ -258,10 +258,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike | None = None)
       What ``workdir/metrics.json`` holds: the config, environment, data sizes, judge, base
       models, baselines, per-plugin results and timings.
     """
-    if workdir is not None:
-        config = dataclasses.replace(config, out=os.fspath(workdir))
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    config, out = stages.run_folder(config, workdir)
     timer = stages.Timer()
     record: dict[str, Any] = {
         "config": _config_record(config), "environment": stages.environment(), "paper": PAPER,

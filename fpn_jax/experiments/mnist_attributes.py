@@ -510,10 +510,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike | None = None)
       method (``maf``, ``rnvp``, ``msp``) the edit scores, plus per plugin the test NLL,
       Bayes-rule accuracies and generation scores; timings.
     """
-    if workdir is not None:
-        config = dataclasses.replace(config, out=os.fspath(workdir))
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    config, out = stages.run_folder(config, workdir)
     timer = stages.Timer()
     record: dict[str, Any] = {"config": stages.config_record(config), "environment": stages.environment(),
                               "results": {}, "timings": timer.seconds}

@@ -371,10 +371,7 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike | None = None)
       What ``workdir/metrics.json`` holds: config, environment, data sizes, base model,
       baselines, per-plugin classification and generation results, the ceiling, timings.
     """
-    if workdir is not None:
-        config = dataclasses.replace(config, out=os.fspath(workdir))
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    config, out = stages.run_folder(config, workdir)
     timer = stages.Timer()
     record: dict[str, Any] = {
         "config": stages.config_record(config), "environment": stages.environment(), "paper": PAPER,

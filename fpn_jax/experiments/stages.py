@@ -51,6 +51,7 @@ __all__ = [
     "config_record",
     "encode_splits",
     "environment",
+    "run_folder",
     "evaluate_classification",
     "fit_plugin",
     "generation_accuracy",
@@ -102,6 +103,23 @@ def environment() -> dict[str, Any]:
         "devices": [str(d) for d in jax.devices()],
         "python": platform.python_version(),
     }
+
+
+def run_folder(config: Any, workdir: str | os.PathLike | None) -> tuple[Any, Path]:
+    """The run's config and folder: ``workdir`` (if given) becomes ``config.out``, created if missing.
+
+    Args:
+      config: an experiment's dataclass config with an ``out`` field.
+      workdir: the run folder, or None for ``config.out``.
+
+    Returns:
+      ``(config, Path(config.out))``, the config recording the folder actually used.
+    """
+    if workdir is not None:
+        config = dataclasses.replace(config, out=os.fspath(workdir))
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return config, out
 
 
 def config_record(config: Any) -> dict[str, Any]:

@@ -57,6 +57,7 @@ from fpn_jax.evaluation.report_celeba import write_celeba_report
 from fpn_jax.experiments import stages
 from fpn_jax.flows import ConditionalMAF, ConditionalRealNVP
 from fpn_jax.flows.flow import ConditionalFlow
+from fpn_jax.runtime.chunks import map_in_chunks
 from fpn_jax.train import TrainConfig, fit
 
 __all__ = [
@@ -862,9 +863,8 @@ def _image_grid(images: np.ndarray, path: Path, **kwargs: Any) -> None:
 
 
 def _chunked(fn: Any, *arrays: np.ndarray, batch_size: int) -> np.ndarray:
-    """``concatenate([fn(*chunk) ...])`` over host chunks of ``batch_size`` rows (N ≥ 1)."""
-    return np.concatenate([np.asarray(fn(*(a[i: i + batch_size] for a in arrays)))
-                           for i in range(0, len(arrays[0]), batch_size)])
+    """``fpn_jax.runtime.chunks.map_in_chunks`` as a host array: equal-sized (padded) chunks, one compiled shape."""
+    return np.asarray(map_in_chunks(fn, *arrays, batch_size=batch_size))
 
 
 def _parameters(model: nnx.Module) -> int:

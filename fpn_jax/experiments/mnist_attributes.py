@@ -75,6 +75,7 @@ from fpn_jax.evaluation import judge, plots
 from fpn_jax.experiments import mnist, stages
 from fpn_jax.flows import ConditionalMAF, ConditionalRealNVP
 from fpn_jax.flows.flow import ConditionalFlow
+from fpn_jax.runtime.chunks import map_in_chunks
 from fpn_jax.train import TrainConfig
 
 __all__ = [
@@ -766,9 +767,8 @@ def write_report(out: str | os.PathLike, record: dict[str, Any]) -> Path:
 
 # -- helpers ----------------------------------------------------------------------------------
 def _chunked(fn: Any, *arrays: np.ndarray, batch_size: int) -> np.ndarray:
-    """``concatenate([fn(*chunk) ...])`` over host chunks of ``batch_size`` rows."""
-    return np.concatenate([np.asarray(fn(*(a[i: i + batch_size] for a in arrays)))
-                           for i in range(0, len(arrays[0]), batch_size)])
+    """``fpn_jax.runtime.chunks.map_in_chunks`` as a host array: equal-sized (padded) chunks, one compiled shape."""
+    return np.asarray(map_in_chunks(fn, *arrays, batch_size=batch_size))
 
 
 def _mean(values: Any) -> float | None:

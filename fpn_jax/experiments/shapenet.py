@@ -352,9 +352,8 @@ def evaluate_generation(
             progress=False,
         ) | {"samples": len(generated), "references": len(references)}
         weights.append(len(references))
-    names = [n for n in per_class if n]
-    keys = [m for m in next(iter(per_class.values())) if m not in ("samples", "references")] if names else []
-    mean = {m: float(np.average([per_class[n][m] for n in names], weights=weights)) for m in keys}
+    keys = [m for m in next(iter(per_class.values()), {}) if m not in ("samples", "references")]
+    mean = {m: float(np.average([r[m] for r in per_class.values()], weights=weights)) for m in keys}
     return {"per_class": per_class, "mean": mean, "classes": len(per_class),
             "samples_per_class": config.generation_samples, "non_finite_samples": non_finite}, clouds
 

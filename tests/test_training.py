@@ -235,3 +235,36 @@ def test_latent_noise_perturbs_training_batches_only_uniformly_in_zero_epsilon()
     history = fit(flow, z, context, key=key, noise=0.01, config=TrainConfig(max_epochs=2, batch_size=8),
                   validation=(z, context), progress=False)
     np.testing.assert_allclose(history.val_loss[history.best_epoch], -np.mean(flow.log_prob(z, context)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("nonfinite", ["stop", "skip"])
+def test_per_step_and_scanned_epochs_train_the_same(nonfinite):
+    """``fit_model(per_step=True)`` (one jitted call per step, for XLA:CPU's convolutions) and
+    the scanned epoch see the same batches and keys and make the same updates."""
+    from fpn_jax.train import fit_model
+    from fpn_jax.train.maximum_likelihood import batch_nll
+
+    z, y = sample_toy(jax.random.key(0), 300)
+    context = one_hot(y, 3)
+    config = TrainConfig(max_epochs=3, batch_size=64, patience=None, nonfinite=nonfinite)
+    results = []
+    for per_step in (False, True):
+        flow = FLOWS["maf"](2, 3, hidden_features=8, num_layers=2, batch_norm_between=True, dropout=0.1,
+                            rngs=nnx.Rngs(0))
+        history = fit_model(flow, batch_nll, (z, context), key=jax.random.key(1), config=config, progress=False,
+                            per_step=per_step)
+        results.append((history.train_loss, nnx.state(flow, ...)))
+    (loss_scan, state_scan), (loss_step, state_step) = results
+    np.testing.assert_allclose(loss_step, loss_scan, rtol=1e-5)
+    assert loss_step[-1] < loss_step[0]
+    for a, b in zip(jax.tree.leaves(state_step), jax.tree.leaves(state_scan), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-5)
+
+
+def test_models_with_xla_convolutions_train_per_step_on_cpu():
+    from fpn_jax.runtime.compiler import prefers_stepping
+
+    conv = nnx.Sequential(nnx.Conv(1, 2, (3, 3), rngs=nnx.Rngs(0)))
+    flow = FLOWS["rnvp"](2, 3, hidden_features=8, num_layers=2, rngs=nnx.Rngs(0))
+    assert prefers_stepping(conv) == (jax.default_backend() == "cpu")
+    assert not prefers_stepping(flow)

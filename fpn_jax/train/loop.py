@@ -10,8 +10,10 @@ the loss and the settings (``TrainConfig``). Per epoch ``e`` (counted from 0):
 * the batches are ``ceil(N / B)`` rows of a fresh permutation (wrapping around to fill the last
   one), drawn from ``fold_in(key, e)``, so epoch ``e`` sees the same batches and dropout keys
   whether or not the run was interrupted before it;
-* one ``jax.jit`` call runs the whole epoch as a ``lax.scan`` with the data on the device;
-  the model is split once into parameters, batch statistics and the rest, and merged (with
+* one ``jax.jit`` call runs the whole epoch as a ``lax.scan`` with the data on the device
+  (or, for models with XLA convolutions on CPU, which XLA:CPU runs about 10x slower inside a
+  loop than outside, one jitted call per step: ``runtime.compiler.prefers_stepping``); the
+  model is split once into parameters, batch statistics and the rest, and merged (with
   ``copy=True``, so batch norm can update its statistics under ``jax.grad``) in the step;
 * every batch is split over all devices and the parameters replicated (``fpn_jax.runtime.mesh``),
   so ``batch_size`` must be a multiple of the device count;
@@ -64,6 +66,7 @@ def fit_model(
     progress: bool = True,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = True,
+    per_step: bool | None = None,
 ) -> History:
     """Trains ``model`` in place; see the module docstring.
 
@@ -78,6 +81,10 @@ def fit_model(
       progress: show a progress bar.
       checkpoint_dir: folder for the resumable training state (None: keep nothing on disk).
       resume: continue from the state in ``checkpoint_dir`` if there is one.
+      per_step: run an epoch as one jitted call per step (True) or as one jitted ``lax.scan``
+        over its steps (False); None: ``runtime.compiler.prefers_stepping(model)`` decides
+        (steps for models with XLA convolutions on CPU). Both give the same batches, keys
+        and updates.
 
     Raises:
       FloatingPointError: the training loss became NaN or infinite; the model keeps its best
@@ -104,20 +111,43 @@ def fit_model(
     parts, state, data = mesh.replicate((parts, state, data))
     step = step_lib.make_train_step(parts, loss, optimizer, skip_nonfinite=skip)
 
-    @compiler.jit
-    def train_epoch(state: TrainState, data: tuple[Array, ...], key: Array):
+    def epoch_plan(key: Array) -> tuple[Array, Array]:
+        """The epoch's batches (steps, batch) of row indices and its (steps,) step keys."""
         perm_key, step_key = jax.random.split(key)
         order = jnp.resize(jax.random.permutation(perm_key, n), (steps, batch))
+        return order, jax.random.split(step_key, steps)
 
-        def scan_step(state: TrainState, xs: tuple[Array, Array]):
-            rows, k = xs
-            return step(state, mesh.constrain_rows(tuple(a[rows] for a in data)), k)
+    def step_at(state: TrainState, data: tuple[Array, ...], rows: Array, k: Array):
+        return step(state, mesh.constrain_rows(tuple(a[rows] for a in data)), k)
 
-        state, (values, finite) = jax.lax.scan(scan_step, state, (order, jax.random.split(step_key, steps)))
+    def summary(values: Array, finite: Array) -> tuple[Array, Array, Array]:
         kept = jnp.sum(finite)
         mean = jnp.sum(jnp.where(finite, values, 0.0)) / jnp.maximum(kept, 1) if skip else jnp.mean(values)
         first_bad = jnp.argmin(finite)  # the first step with a non-finite loss or gradient (if any)
-        return state, mean, steps - kept, first_bad
+        return mean, steps - kept, first_bad
+
+    @compiler.jit
+    def scanned_epoch(state: TrainState, data: tuple[Array, ...], key: Array):
+        def scan_step(state: TrainState, xs: tuple[Array, Array]):
+            return step_at(state, data, *xs)
+
+        state, (values, finite) = jax.lax.scan(scan_step, state, epoch_plan(key))
+        return state, *summary(values, finite)
+
+    jit_plan, jit_step, jit_summary = compiler.jit(epoch_plan), compiler.jit(step_at), compiler.jit(summary)
+
+    def stepped_epoch(state: TrainState, data: tuple[Array, ...], key: Array):
+        order, keys = jit_plan(key)
+        values, finite = [], []
+        for i in range(steps):
+            state, (value, ok) = jit_step(state, data, order[i], keys[i])
+            values.append(value)
+            finite.append(ok)
+        return state, *jit_summary(jnp.stack(values), jnp.stack(finite))
+
+    if per_step is None:
+        per_step = compiler.prefers_stepping(model)
+    train_epoch = stepped_epoch if per_step else scanned_epoch
 
     if validation is not None:
         val_data, row_loss = validation

@@ -156,12 +156,14 @@ def load(path: str | os.PathLike, *, expect: type | None = None) -> nnx.Module:
         )
     graphdef, abstract_state = nnx.split(abstract)
     target = nnx.to_pure_dict(abstract_state)
-    _check_shapes(path, target, meta["architecture"])
+    legacy = _check_shapes(path, target, meta["architecture"], abstract)
     try:
         with _checkpointer() as checkpointer:
             restored = checkpointer.restore(
-                path, ocp.args.Composite(state=ocp.args.StandardRestore(target))
+                path, ocp.args.Composite(state=ocp.args.StandardRestore(target if legacy is None else legacy[0]))
             )
+        if legacy is not None:
+            restored = {"state": legacy[1](restored["state"])}
     except Exception as error:  # orbax/tensorstore raise many types for damaged files
         raise CheckpointError(
             f"{path}: could not read the stored arrays; the checkpoint is corrupt or incomplete "
@@ -185,8 +187,14 @@ def _first_line(error: Exception, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _check_shapes(path: Path, target: dict, architecture: str) -> None:
-    """Compares the stored array tree with the architecture's before reading any data."""
+def _check_shapes(path: Path, target: dict, architecture: str, abstract: nnx.Module) -> Any:
+    """Compares the stored array tree with the architecture's before reading any data.
+
+    Returns None when they agree, or ``(legacy_target, upgrade)`` when the module recognises
+    the stored shapes as an older layout of itself
+    (``abstract.legacy_layout(target, expected_shapes, stored_shapes)``):
+    restore ``legacy_target``, then ``upgrade`` maps that pure dict to the current one.
+    """
     try:
         with _checkpointer() as checkpointer:
             stored = checkpointer.metadata(path).item_metadata["state"]
@@ -208,10 +216,15 @@ def _check_shapes(path: Path, target: dict, architecture: str) -> None:
         for k in sorted(expected.keys() & actual.keys())
         if expected[k] != actual[k]
     ]
-    if problems:
-        raise CheckpointError(
-            f"{path}: the stored arrays do not fit architecture {architecture!r}:\n  " + "\n  ".join(problems)
-        )
+    if not problems:
+        return None
+    legacy_layout = getattr(abstract, "legacy_layout", None)
+    legacy = legacy_layout(target, expected, actual) if legacy_layout is not None else None
+    if legacy is not None:
+        return legacy
+    raise CheckpointError(
+        f"{path}: the stored arrays do not fit architecture {architecture!r}:\n  " + "\n  ".join(problems)
+    )
 
 
 def _checkpointer() -> ocp.Checkpointer:

@@ -104,7 +104,7 @@ def test_repeat_stacks_parameters_and_alternates_parity():
     r = Repeat(lambda i, rngs: AffineCoupling(D, C, 8, parity=i, rngs=rngs), 4, rngs=nnx.Rngs(0))
     assert r.layers.parity[...].tolist() == [0, 1, 0, 1]
     kernel = r.layers.net.initial_layer.kernel[...]
-    assert kernel.shape == (4, D + C, 8)
+    assert kernel.shape == (4, (D + 1) // 2 + C, 8)  # only the identity half and the context
     assert not np.allclose(kernel[0], kernel[1])  # each layer has its own parameters
 
 

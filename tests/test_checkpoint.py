@@ -147,3 +147,49 @@ def test_register_accepts_a_redefined_class_but_not_a_different_one():
         @checkpoint.register("test_redefined_module")
         class Other(nnx.Module):
             pass
+
+
+@pytest.mark.parametrize("features, batch_norm", [(5, True), (4, False)])
+def test_realnvp_checkpoints_of_the_full_width_couplings_still_load(tmp_path, features, batch_norm):
+    """Before the couplings' nets computed only the used halves they were full width: inputs
+    ``[y ⊙ (1 - m), c]`` (D + C rows, the transformed rows unused) and (t, a) for all D positions
+    (2D columns, the identity columns unused). Such a checkpoint loads into the same function."""
+    d, c = features, 3
+    flow = fpn_jax.ConditionalRealNVP(d, c, hidden_features=8, num_layers=3, batch_norm_between=batch_norm,
+                                      rngs=nnx.Rngs(0))
+    net = flow.transform.layers.bijectors[0].net
+    rng = np.random.default_rng(0)
+    for var in (net.initial_layer.kernel, net.final_layer.kernel, net.final_layer.bias):  # away from identity init
+        var[...] = jnp.asarray(rng.normal(size=var.shape) * 0.3, jnp.float32)
+    z = jax.random.normal(jax.random.key(0), (32, d))
+    context = fpn_jax.one_hot(jnp.arange(32) % c, c)
+    want = np.asarray(flow.log_prob(z, context))
+
+    half, layers = (d + 1) // 2, 3
+    kernel, final, bias = (np.asarray(v[...]) for v in (net.initial_layer.kernel, net.final_layer.kernel,
+                                                         net.final_layer.bias))
+    old_kernel = rng.normal(size=(layers, d + c, 8)).astype(np.float32)  # unused rows: noise
+    old_final = rng.normal(size=(layers, 8, 2 * d)).astype(np.float32)  # unused columns: noise
+    old_bias = rng.normal(size=(layers, 2 * d)).astype(np.float32)
+    old_kernel[:, d:] = kernel[:, half:]
+    for layer in range(layers):
+        p = layer % 2
+        for j in range(half):
+            if 2 * j + p < d:
+                old_kernel[layer, 2 * j + p] = kernel[layer, j]
+            if 2 * j + 1 - p < d:
+                for k in (0, 1):
+                    old_final[layer, :, k * d + 2 * j + 1 - p] = final[layer, :, k * half + j]
+                    old_bias[layer, k * d + 2 * j + 1 - p] = bias[layer, k * half + j]
+    net.initial_layer.kernel.set_value(jnp.asarray(old_kernel))
+    net.final_layer.kernel.set_value(jnp.asarray(old_final))
+    net.final_layer.bias.set_value(jnp.asarray(old_bias))
+    loaded = checkpoint.load(checkpoint.save(tmp_path / "legacy", flow))
+    np.testing.assert_allclose(np.asarray(loaded.log_prob(z, context)), want, rtol=1e-5, atol=1e-5)
+    loaded_net = loaded.transform.layers.bijectors[0].net
+    assert loaded_net.initial_layer.kernel.shape == (layers, half + c, 8)
+
+    # Other shape mismatches are still refused by name.
+    net.final_layer.bias.set_value(jnp.asarray(old_bias[:, :-1]))
+    with pytest.raises(fpn_jax.errors.CheckpointError, match="final_layer.bias"):
+        checkpoint.load(checkpoint.save(tmp_path / "broken", flow))

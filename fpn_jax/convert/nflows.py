@@ -27,11 +27,12 @@ and ``k`` the index of the layer's first transform (``i * (2 + bn_between)`` for
                                               blocks[j].batch_norms[n].{scale,bias,mean,var}
         *.mask, *.degrees                     not stored: recomputed (masks checked equal)
     T.k.transform_net.X                       bijectors[0].net.X, same block names
-        initial_layer (H, n_id + C)           rows ``identity_features`` and ``D:`` of our
-                                              full-width (D + C, H) kernel; other rows 0
-        final_layer (2 n_tr, H)               ``[:n_tr]`` shift → columns ``transform_features``,
-                                              ``[n_tr:]`` raw scale → ``D + transform_features``
-                                              of our (H, 2D) kernel; other columns 0
+        initial_layer (H, n_id + C)           rows ``[:n_id]`` and ``[h:]`` of our (h + C, H)
+                                              kernel, h = ceil(D/2) (row n_id < h, for odd D
+                                              the pad of the identity half, stays 0)
+        final_layer (2 n_tr, H)               ``[:n_tr]`` shift → columns ``[:n_tr]``,
+                                              ``[n_tr:]`` raw scale → ``[h : h + n_tr]`` of our
+                                              (H, 2h) kernel; the pad's column stays 0
     T.k.{identity,transform}_features         parity ``i % 2`` (checked: layer 0 transforms odd
                                               positions); RealNVP gets scale_function="sigmoid"
     T.{last of the layer}.{unconstrained_weight,bias,running_mean,running_var}
@@ -487,15 +488,18 @@ def _load(
                 _put_linear(acc, (*at, name), *_kernel(state, p + name))
         else:
             p, at = f"{_T}.{k}.transform_net.", (*base, 0, "net")
+            # Ours: the identity and transformed halves padded to h = ceil(D/2) (for odd D one
+            # of them has a pad, a zero row / unused column); nflows': their true sizes.
             ident, trans = _split(d, i)
+            h, n_id, n = (d + 1) // 2, len(ident), len(trans)
             w, b = _kernel(state, p + "initial_layer")  # rows: [identity features, context]
-            kernel = np.zeros((d + w.shape[0] - len(ident), w.shape[1]), w.dtype)
-            kernel[ident], kernel[d:] = w[: len(ident)], w[len(ident) :]
+            kernel = np.zeros((h + w.shape[0] - n_id, w.shape[1]), w.dtype)
+            kernel[:n_id], kernel[h:] = w[:n_id], w[n_id:]
             _put_linear(acc, (*at, "initial_layer"), kernel, b)
             w, b = _kernel(state, p + "final_layer")  # columns: [shift, raw scale] of `trans`
-            kernel, bias, n = np.zeros((len(w), 2 * d), w.dtype), np.zeros(2 * d, b.dtype), len(trans)
-            kernel[:, trans], kernel[:, d + trans] = w[:, :n], w[:, n:]
-            bias[trans], bias[d + trans] = b[:n], b[n:]
+            kernel, bias = np.zeros((len(w), 2 * h), w.dtype), np.zeros(2 * h, b.dtype)
+            kernel[:, :n], kernel[:, h : h + n] = w[:, :n], w[:, n:]
+            bias[:n], bias[h : h + n] = b[:n], b[n:]
             _put_linear(acc, (*at, "final_layer"), kernel, bias)
         _put_blocks(acc, state, p, at, config)
         if k_bn is not None:

@@ -268,3 +268,27 @@ def test_models_with_xla_convolutions_train_per_step_on_cpu():
     flow = FLOWS["rnvp"](2, 3, hidden_features=8, num_layers=2, rngs=nnx.Rngs(0))
     assert prefers_stepping(conv) == (jax.default_backend() == "cpu")
     assert not prefers_stepping(flow)
+
+
+@pytest.mark.parametrize("per_step", [False, True])
+def test_the_epoch_function_compiles_once(caplog, per_step):
+    """The training state goes in committed to the devices, as it comes back from the step, so
+    the epoch (or step) function is not compiled a second time for the second epoch."""
+    import logging
+
+    from fpn_jax.train import fit_model
+    from fpn_jax.train.maximum_likelihood import batch_nll
+
+    z, y = sample_toy(jax.random.key(0), 256)
+    flow = FLOWS["maf"](2, 3, hidden_features=8, num_layers=2, batch_norm_between=True, rngs=nnx.Rngs(0))
+    previous = jax.config.jax_log_compiles
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING):
+            fit_model(flow, batch_nll, (z, one_hot(y, 3)), key=jax.random.key(1), progress=False,
+                      config=TrainConfig(max_epochs=3, batch_size=64, patience=None), per_step=per_step)
+    finally:
+        jax.config.update("jax_log_compiles", previous)
+    name = "step_at" if per_step else "scanned_epoch"
+    compiles = [r for r in caplog.records if f"Compiling jit({name})" in r.getMessage()]
+    assert len(compiles) == 1, [r.getMessage()[:200] for r in compiles]

@@ -108,7 +108,7 @@ def fit_model(
     parts, state = step_lib.split(model, optimizer)
     # Data parallel: parameters, optimiser state and the training set on every device; each
     # batch split over the devices (fpn_jax.runtime.mesh); XLA all-reduces the gradient.
-    parts, state, data = mesh.replicate((parts, state, data))
+    parts, state, data = mesh.replicate((parts, state, data), commit=True)  # one compilation per epoch function
     step = step_lib.make_train_step(parts, loss, optimizer, skip_nonfinite=skip)
 
     def epoch_plan(key: Array) -> tuple[Array, Array]:
@@ -167,7 +167,7 @@ def fit_model(
     if store is not None and resume:
         restored = store.restore((*state, best))
         if restored is not None:
-            (*restored_state, best), history = mesh.replicate(restored)
+            (*restored_state, best), history = mesh.replicate(restored, commit=True)
             state = TrainState(*restored_state)
             first_epoch = len(history.train_loss)
     best_val = min(history.val_loss, default=np.inf)

@@ -1,4 +1,4 @@
-"""Benchmark: fpn-jax's conditional flows against the nflows 0.14 (PyTorch) reference.
+"""Benchmark: fpn-jax's conditional flows against nflows 0.14, zuko 1.6 (PyTorch) and flowjax 19.1 (JAX).
 
 For the paper's plugin configurations (5 layers x 2 residual blocks, C-MAF and C-RealNVP) it
 measures examples per second of
@@ -9,24 +9,30 @@ measures examples per second of
 * ``classify``: ``fpn_jax.inference.classify(flow, z)``, every latent against every class;
 
 as the median of ``--repeats`` timed repeats after warm-up, and the compile time of every
-jitted function (its first two calls beyond two steady ones). With ``--vs-nflows`` the same flows are
-built in nflows and timed in the same run, the two libraries' repeats interleaved so that
-machine drift cancels in the ratio; torch gets as many threads as XLA.
+jitted function (its first two calls beyond a steady one). With ``--vs nflows,zuko,flowjax``
+(any subset; ``--vs-nflows`` is ``--vs nflows``) each peer library's closest equivalent of the
+same flow (``build_nflows``, ``build_zuko``, ``build_flowjax``; described in the JSON's
+``architectures``) is timed in the same run, every library's repeats interleaved (the order
+rotates every repeat) so that machine drift cancels in the ratios; torch gets as many threads
+as XLA. zuko and flowjax have no batch norm: their MNIST-AE flows are built without it.
 
 Achieved GFLOP/s are counted analytically: 2 x in x out floating-point operations per
-example for every dense (masked or not) matrix product that the library executes, 3x that
-for a training step (forward + backward), elementwise work ignored. They are set against a
-ceiling measured here: a large float32 ``jnp`` matmul, timed at the start and at the end of
-the run (the better of the two; rows written during the run use the first).
+example for every dense (masked or not) matrix product that the library executes
+(``dense_layers``), 3x that for a training step (forward + backward), elementwise work
+ignored. They are set against a ceiling measured here: a large float32 ``jnp`` matmul, timed
+at the start and at the end of the run (the better of the two; rows written during the run
+use the first).
 
 Usage::
 
-    python benchmarks/flows.py                 # fpn-jax only
-    python benchmarks/flows.py --vs-nflows     # side by side with nflows 0.14
-    python benchmarks/flows.py --quick         # a small run for CI (well under a minute)
+    python benchmarks/flows.py                          # fpn-jax only
+    python benchmarks/flows.py --vs nflows,zuko,flowjax # side by side with the three peers
+    python benchmarks/flows.py --vs-nflows              # with nflows 0.14 only
+    python benchmarks/flows.py --quick                  # a small run for CI (well under a minute)
     python benchmarks/flows.py --device gpu --batch-scale 10
 
 Writes ``<out>/flows[-quick].json`` and ``.md`` (``--out``, default ``benchmarks/results``).
+The peers install with ``pip install -e .[peers]``.
 """
 
 from __future__ import annotations
@@ -34,10 +40,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.metadata
-import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -54,6 +58,10 @@ from fpn_jax import inference, train
 from fpn_jax.flows import ConditionalMAF, ConditionalRealNVP
 from fpn_jax.runtime import compiler
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, also when loaded by a test
+from timing import Side, block, interleaved_repeats, machine, timed, versions  # noqa: E402
+from timing import write as write_files  # noqa: E402
+
 METRICS = ("train", "log_prob", "sample", "classify")
 KINDS = ("maf", "rnvp")
 KIND_NAMES = {"maf": "C-MAF", "rnvp": "C-RealNVP"}
@@ -69,7 +77,7 @@ class Config:
     hidden: int
     batch_norm: bool
     sizes: dict[str, int]
-    maf_sample: int | None = None  # MAF sampling size, where nflows' D passes per layer are too slow
+    maf_sample: int | None = None  # MAF sampling size, where torch's D passes per layer are too slow
 
     def size(self, kind: str, metric: str) -> int:
         if metric == "sample" and kind == "maf" and self.maf_sample is not None:
@@ -81,8 +89,8 @@ FULL_SIZES = {"train": 1024, "log_prob": 10_000, "sample": 10_000, "classify": 1
 CONFIGS = {
     "mnist-vae": Config("mnist-vae", 40, 10, 40, False, FULL_SIZES),
     "mnist-ae": Config("mnist-ae", 40, 10, 100, True, FULL_SIZES),
-    # nflows samples a ShapeNet C-MAF with D = 128 full MADE passes per layer (about 0.1 s per
-    # sample on 2 cores) and classifies with 55 passes: smaller batches keep it to minutes.
+    # nflows (and zuko) sample a ShapeNet C-MAF with D = 128 full MADE passes per layer (about 0.1 s
+    # per sample on 2 cores) and classify with 55 passes: smaller batches keep it to minutes.
     "shapenet": Config(
         "shapenet", 128, 55, 1024, False, {**FULL_SIZES, "classify": 200}, maf_sample=64
     ),
@@ -92,32 +100,56 @@ NUM_LAYERS, NUM_BLOCKS = 5, 2
 
 
 # --------------------------------------------------------------------------- FLOP counts
-def pass_flops(config: Config, kind: str, library: str) -> int:
-    """Matmul FLOPs of one density pass (all layers) for one example.
+def dense_layers(config: Config, kind: str, library: str) -> list[list[tuple[int, int]]]:
+    """The ``(in, out)`` sizes of every dense (masked or not) matrix product of one density
+    pass, flow layer by flow layer, as the library builds them (``build_<library>``).
 
-    MAF: MADE ``D->H``, context ``C->H``, per block ``H->H`` twice and context ``C->H``,
-    ``H->2D``. RealNVP: ``ResidualNet`` over ``[x_id, c]``; fpn-jax keeps full-width masked
-    layers (``D+C -> H``, ``H -> 2D``), nflows gathers the halves (``D/2+C -> H``, ``H -> D``).
+    fpn-jax and nflows: MAF's MADE ``D->H`` with a context layer ``C->H``, per residual block
+    ``H->H`` twice and a context layer ``C->H``, ``H->2D``; RealNVP's ``ResidualNet`` over
+    ``[x_id, c]``: ``n_id + C -> H``, the same blocks, ``H -> 2 n_tr``. Both compute only the
+    halves they use: nflows gathers them (``n_id = D - D//2`` kept positions on even layers,
+    ``D//2`` on odd ones, ``n_tr = D - n_id``), fpn-jax de-interleaves them into halves of
+    ``ceil(D/2)`` (``n_id = n_tr = D/2`` as nflows for even D, one padded position for odd D).
+    zuko and flowjax feed the context into the first layer only and have no per-block context
+    layers: ``D+C -> H`` (MAF) or ``n_id + C -> H`` (coupling), ``2 x NUM_BLOCKS`` layers
+    ``H->H``, ``H -> 2D`` or ``H -> 2 n_tr``. zuko's coupling masks alternate as nflows';
+    flowjax keeps the first ``D//2`` positions of every layer (reversed in between).
     """
     d, c, h, b = config.features, config.context, config.hidden, NUM_BLOCKS
-    blocks = b * (2 * h * h + c * h)
-    if kind == "maf":
-        per_layer = d * h + c * h + blocks + h * 2 * d
-    elif library == "fpn-jax":
-        per_layer = (d + c) * h + blocks + h * 2 * d
-    else:
-        n_id, n_tr = d - d // 2, d // 2  # nflows' mask[::2] = -1: even positions unchanged
-        per_layer = (n_id + c) * h + blocks + h * 2 * n_tr
-    return 2 * NUM_LAYERS * per_layer
+    layers = []
+    for i in range(NUM_LAYERS):
+        if kind == "maf":
+            n_id = n_tr = d
+        elif library == "fpn-jax":
+            n_id = n_tr = (d + 1) // 2
+        elif library == "flowjax":
+            n_id, n_tr = d // 2, d - d // 2
+        else:  # nflows, zuko: layer 0 keeps the even positions, the mask flips every layer
+            n_id = d - d // 2 if i % 2 == 0 else d // 2
+            n_tr = d - n_id
+        if library in ("fpn-jax", "nflows"):
+            first = [(d, h), (c, h)] if kind == "maf" else [(n_id + c, h)]
+            blocks = [(h, h), (h, h), (c, h)] * b
+        else:
+            first, blocks = [(n_id + c, h)], [(h, h)] * (2 * b)
+        layers.append([*first, *blocks, (h, 2 * n_tr)])
+    return layers
+
+
+def pass_flops(config: Config, kind: str, library: str) -> int:
+    """Matmul FLOPs of one density pass (all layers) for one example: ``2 x in x out`` for
+    every product of ``dense_layers``."""
+    return 2 * sum(i * o for layer in dense_layers(config, kind, library) for i, o in layer)
 
 
 def maf_sample_flops(config: Config, library: str) -> int:
-    """Matmul FLOPs per C-MAF sample. nflows: D full MADE passes per layer. fpn-jax: one
+    """Matmul FLOPs per C-MAF sample. nflows, zuko and flowjax: D full MADE passes per layer
+    (flowjax's extra log-det pass after its sweep is dead code, removed under jit). fpn-jax: one
     sweep over the degrees, each computing a window of ``g`` hidden units per stage from the
     full width (``g`` = the largest number of hidden units sharing a degree), see
     ``fpn_jax.flows.autoregressive``."""
     d = config.features
-    if library == "nflows":
+    if library != "fpn-jax":
         return d * pass_flops(config, "maf", library)
     h, c, b = config.hidden, config.context, NUM_BLOCKS
     g = math.ceil(h / max(1, d - 1))
@@ -198,9 +230,14 @@ def fpn_operation(config: Config, kind: str, metric: str, n: int, device) -> Cal
     return lambda: inference.classify(flow, z)
 
 
-# --------------------------------------------------------------------------- nflows
-def nflows_operation(config: Config, kind: str, metric: str, n: int) -> Callable[[], Any]:
-    """The same flow and operation in nflows 0.14, as the original FPN code built it."""
+# --------------------------------------------------------------------------- peers
+PEERS = ("nflows", "zuko", "flowjax")
+TORCH_PEERS = ("nflows", "zuko")
+PEER_PACKAGES = {"nflows": ["torch", "nflows"], "zuko": ["torch", "zuko"], "flowjax": ["flowjax", "equinox", "paramax"]}
+
+
+def build_nflows(config: Config, kind: str, seed: int = 0):
+    """The flow in nflows 0.14, as the original FPN code built it."""
     import torch
     from nflows.distributions.normal import StandardNormal
     from nflows.flows.base import Flow
@@ -212,7 +249,7 @@ def nflows_operation(config: Config, kind: str, metric: str, n: int) -> Callable
     from nflows.transforms.permutations import ReversePermutation
     from torch.nn import functional as F
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     d, c, h, bn = config.features, config.context, config.hidden, config.batch_norm
     mask = torch.ones(d)
     mask[::2] = -1
@@ -241,6 +278,129 @@ def nflows_operation(config: Config, kind: str, metric: str, n: int) -> Callable
         for name, buffer in flow.named_buffers():
             if name.endswith("running_var"):
                 buffer.fill_(1.0)
+    return flow
+
+
+def build_zuko(config: Config, kind: str, seed: int = 0):
+    """zuko 1.6's closest equivalent (no batch norm: zuko has none).
+
+    MAF: ``zuko.flows.MAF`` with ``residual=True`` and ``hidden_features = [H] * NUM_BLOCKS``,
+    i.e. masked ``D+C -> H``, NUM_BLOCKS residual blocks ``h + L(relu(L(h)))`` of two ``H->H``
+    each, masked ``H -> 2D``; the feature order alternates ascending / descending (a reversal
+    between layers). Coupling: ``zuko.flows.NICE`` (affine: RealNVP) with its plain MLP
+    conditioner (``GeneralCouplingTransform`` has no residual option) of ``2 x NUM_BLOCKS + 1``
+    hidden layers, the same dense products as the residual nets; checkered masks alternating.
+    """
+    import torch
+    import zuko
+
+    torch.manual_seed(seed)
+    d, c, h = config.features, config.context, config.hidden
+    if kind == "maf":
+        return zuko.flows.MAF(d, c, transforms=NUM_LAYERS, hidden_features=[h] * NUM_BLOCKS, residual=True)
+    return zuko.flows.NICE(d, c, transforms=NUM_LAYERS, hidden_features=[h] * (2 * NUM_BLOCKS + 1))
+
+
+def build_flowjax(config: Config, kind: str, seed: int = 0):
+    """flowjax 19.1's closest equivalent (no batch norm: flowjax has none).
+
+    ``flowjax.flows.masked_autoregressive_flow`` / ``coupling_flow`` with an ``Affine``
+    transformer, ``nn_depth = 2 x NUM_BLOCKS + 1`` hidden layers (plain MLPs, no residual
+    option: the same dense products as the residual nets) and ``invert=True`` (``log_prob`` is the
+    one-pass direction), its random permutations between layers replaced by reversals (``Flip``).
+    """
+    import equinox as eqx
+    from flowjax.bijections import Affine, Flip
+    from flowjax.distributions import StandardNormal
+    from flowjax.flows import coupling_flow, masked_autoregressive_flow
+
+    d, c, h = config.features, config.context, config.hidden
+    make = masked_autoregressive_flow if kind == "maf" else coupling_flow
+    dist = make(
+        jax.random.key(seed), base_dist=StandardNormal((d,)), transformer=Affine(), cond_dim=c,
+        flow_layers=NUM_LAYERS, nn_width=h, nn_depth=2 * NUM_BLOCKS + 1, invert=True,
+    )
+    # Invert(Scan(Chain([layer, Permute]))): the stacked permutations become one reversal.
+    return eqx.tree_at(lambda t: t.bijection.bijection.bijection.bijections[1], dist, Flip((d,)))
+
+
+def architecture(library: str, kind: str) -> str:
+    """One paragraph: what ``build_<library>`` builds (sizes in terms of the config's D, C, H)."""
+    bn = "batch norm (where the config has it, MNIST-AE) inside the residual blocks and after every layer"
+    blocks = f"{NUM_BLOCKS} residual blocks, each two H->H layers"
+    no_bn = "no batch norm (the library has none; for MNIST-AE the flow is built without it)"
+    texts = {
+        ("fpn-jax", "maf"): (
+            f"fpn_jax.flows.ConditionalMAF: {NUM_LAYERS} layers of [reverse permutation, MADE affine autoregressive "
+            f"transform (s = softplus(a) + 1e-3)]. MADE: masked D->H plus relu(C->H) of the one-hot context, "
+            f"{blocks} (pre-activation ReLU, residual) with the context added through a C->H layer in every "
+            f"block, masked H->2D (shift, scale); {bn}. Sampling: one sweep over the degrees, computing only the "
+            "hidden units each degree needs."
+        ),
+        ("fpn-jax", "rnvp"): (
+            f"fpn_jax.flows.ConditionalRealNVP: {NUM_LAYERS} affine coupling layers (s = softplus(a) + 1e-3), "
+            "checkerboard masks flipping every layer (layer 0 keeps the even positions), no permutations. "
+            "The halves are de-interleaved into h = ceil(D/2) entries each (one zero pad for odd D). Conditioner "
+            f"ResidualNet over [x_id, c]: (h + C)->H, {blocks} (pre-activation ReLU, residual) gated by "
+            "sigmoid(C->H) of the context (GLU) in every block, H->2h (shift, scale of the transformed half; "
+            f"for even D the same sizes as nflows); {bn}."
+        ),
+        ("nflows", "maf"): (
+            f"nflows 0.14 as the original FPN code: {NUM_LAYERS} x [ReversePermutation, "
+            "MaskedAffineAutoregressiveTransform (s = softplus(a) + 1e-3)]. MADE (use_residual_blocks): masked "
+            f"D->H plus relu(C->H) of the context, {blocks} (MaskedResidualBlock, pre-activation ReLU) with "
+            f"the context added through a C->H layer, masked H->2D; {bn}. Sampling: D full MADE passes per layer."
+        ),
+        ("nflows", "rnvp"): (
+            f"nflows 0.14 as the original FPN code: {NUM_LAYERS} AffineCouplingTransforms "
+            "(s = sigmoid(a + 2) + 1e-3), mask[::2] = -1 flipped every layer (layer 0 keeps the even positions), "
+            "no permutations; the halves are gathered (n_id = D - D//2 kept positions on even layers, D//2 on "
+            f"odd ones, n_tr = D - n_id). Conditioner ResidualNet over [x_id, c]: (n_id + C)->H, {blocks} "
+            f"(pre-activation ReLU) gated by sigmoid(C->H) of the context (GLU), H->2*n_tr; {bn}."
+        ),
+        ("zuko", "maf"): (
+            f"zuko 1.6 zuko.flows.MAF(D, C, transforms={NUM_LAYERS}, hidden_features=[H]*{NUM_BLOCKS}, "
+            "residual=True): MaskedAutoregressiveTransform layers (MonotonicAffineTransform, "
+            "s = exp(a / (1 + |a| / log(1e3)))) with the feature order alternating ascending / descending (a "
+            "reversal between layers). MaskedMLP: masked (D+C)->H (the context concatenated to the input, "
+            f"the only place it enters), {blocks} (h + L(relu(L(h))), no activation between blocks), "
+            f"masked H->2D; {no_bn}. Sampling: D full MaskedMLP passes per layer."
+        ),
+        ("zuko", "rnvp"): (
+            f"zuko 1.6 zuko.flows.NICE(D, C, transforms={NUM_LAYERS}, hidden_features=[H]*{2 * NUM_BLOCKS + 1}) "
+            "(affine, i.e. RealNVP): GeneralCouplingTransform layers (MonotonicAffineTransform) with checkered "
+            "masks alternating as nflows' (n_id = D - D//2 kept positions on even layers, D//2 on odd ones, "
+            "n_tr = D - n_id), no permutations. Conditioner: a plain ReLU MLP "
+            f"(zuko's coupling has no residual option) over [x_id, c]: (n_id + C)->H, {2 * NUM_BLOCKS} x H->H, "
+            "H->2*n_tr (the same dense products as the residual nets, minus their per-block context layers; "
+            f"the context enters the first layer only); {no_bn}."
+        ),
+        ("flowjax", "maf"): (
+            f"flowjax 19.1 flowjax.flows.masked_autoregressive_flow(flow_layers={NUM_LAYERS}, nn_width=H, "
+            f"nn_depth={2 * NUM_BLOCKS + 1}, cond_dim=C, transformer=Affine() (s = softplus(a)), invert=True so "
+            "log_prob is the one-pass direction), the random permutation after every layer replaced by a "
+            "reversal (Flip); the layers are stacked and run in a lax.scan. Conditioner: a plain masked ReLU "
+            f"MLP (no residual option): (D+C)->H (context concatenated to the input, the only place it enters), "
+            f"{2 * NUM_BLOCKS} x H->H, H->2D; {no_bn}. Sampling: a lax.scan of D full MLP passes per layer."
+        ),
+        ("flowjax", "rnvp"): (
+            f"flowjax 19.1 flowjax.flows.coupling_flow(flow_layers={NUM_LAYERS}, nn_width=H, "
+            f"nn_depth={2 * NUM_BLOCKS + 1}, cond_dim=C, transformer=Affine() (s = softplus(a)), invert=True), "
+            "the random permutation after every layer replaced by a reversal (Flip), so the kept half alternates; "
+            "each layer keeps its first D//2 positions. Conditioner: a plain ReLU MLP (no residual option) over "
+            f"[x_id, c]: (D//2 + C)->H, {2 * NUM_BLOCKS} x H->H, H->2*(D - D//2) (context in the first layer "
+            f"only); {no_bn}."
+        ),
+    }
+    return texts[library, kind]
+
+
+def torch_operation(flow, log_prob, sample, config: Config, metric: str, n: int) -> Callable[[], Any]:
+    """A torch flow's operation: ``log_prob(z, c) -> (n,)`` and ``sample(c)`` as the library
+    calls them; training with ``Adam`` on ``-log_prob(z, c).mean()``, inference in ``eval()``
+    under ``no_grad``, classification as one ``log_prob`` per class and ``argmax``."""
+    import torch
+
     batches = [tuple(torch.from_numpy(a) for a in data(config, n, seed)) for seed in range(4)]
     z, context = batches[0]
     if metric == "train":
@@ -252,7 +412,7 @@ def nflows_operation(config: Config, kind: str, metric: str, n: int) -> Callable
             box["i"] += 1
             zb, cb = batches[box["i"] % len(batches)]
             optimizer.zero_grad()
-            loss = -flow.log_prob(zb, context=cb).mean()
+            loss = -log_prob(zb, cb).mean()
             loss.backward()
             optimizer.step()
             return loss
@@ -260,57 +420,92 @@ def nflows_operation(config: Config, kind: str, metric: str, n: int) -> Callable
         return run
     flow.eval()
     if metric == "log_prob":
-        return torch.no_grad()(lambda: flow.log_prob(z, context=context))
+        return torch.no_grad()(lambda: log_prob(z, context))
     if metric == "sample":
-        return torch.no_grad()(lambda: flow.sample(1, context=context))
+        return torch.no_grad()(lambda: sample(context))
+    c = config.context
     eye = torch.eye(c)
 
     @torch.no_grad()
     def run():
-        log_lik = torch.stack([flow.log_prob(z, context=eye[k].expand(n, c)) for k in range(c)], 1)
+        log_lik = torch.stack([log_prob(z, eye[k].expand(n, c)) for k in range(c)], 1)
         return log_lik.argmax(1)
 
     return run
 
 
+def nflows_operation(config: Config, kind: str, metric: str, n: int) -> Callable[[], Any]:
+    flow = build_nflows(config, kind)
+    return torch_operation(
+        flow, lambda z, c: flow.log_prob(z, context=c), lambda c: flow.sample(1, context=c), config, metric, n
+    )
+
+
+def zuko_operation(config: Config, kind: str, metric: str, n: int) -> Callable[[], Any]:
+    flow = build_zuko(config, kind)
+    return torch_operation(flow, lambda z, c: flow(c).log_prob(z), lambda c: flow(c).sample(), config, metric, n)
+
+
+def flowjax_operation(config: Config, kind: str, metric: str, n: int, device) -> Callable[[], Any]:
+    """flowjax's operation, every call ``equinox.filter_jit``-ted: training with flowjax's own
+    step (``flowjax.train.train_utils.step``, as ``fit_to_data``: ``MaximumLikelihoodLoss``,
+    ``optax.adam(1e-3)``), classification as ``log_prob`` against every one-hot class vmapped
+    inside one jit, and ``argmax``."""
+    import equinox as eqx
+    import optax
+    import paramax
+    from flowjax.train.losses import MaximumLikelihoodLoss
+    from flowjax.train.train_utils import step
+
+    arrays, rest = eqx.partition(build_flowjax(config, kind), eqx.is_array)
+    dist = eqx.combine(jax.device_put(arrays, device), rest)
+    batches = [jax.device_put(data(config, n, seed), device) for seed in range(4)]
+    z, context = batches[0]
+    key = jax.device_put(jax.random.key(0), device)
+    if metric == "train":
+        optimizer, loss_fn = optax.adam(1e-3), MaximumLikelihoodLoss()
+        params, static = eqx.partition(
+            dist, eqx.is_inexact_array, is_leaf=lambda leaf: isinstance(leaf, paramax.NonTrainable)
+        )
+        box = {"params": params, "opt_state": optimizer.init(params), "i": 0}
+
+        def run():
+            box["i"] += 1
+            zb, cb = batches[box["i"] % len(batches)]
+            box["params"], box["opt_state"], loss = step(
+                box["params"], static, zb, cb, optimizer=optimizer, opt_state=box["opt_state"], loss_fn=loss_fn,
+                key=key,
+            )
+            return loss
+
+        return run
+    if metric == "log_prob":
+        log_prob = eqx.filter_jit(lambda dist, z, c: dist.log_prob(z, c))
+        return lambda: log_prob(dist, z, context)
+    if metric == "sample":
+        sample = eqx.filter_jit(lambda dist, key, c: dist.sample(key, condition=c))
+        return lambda: sample(dist, key, context)
+    c = config.context
+
+    @eqx.filter_jit
+    def classify(dist, z):
+        one_hot = jnp.eye(c, dtype=z.dtype)
+        log_lik = jax.vmap(lambda k: dist.log_prob(z, jnp.broadcast_to(k, (z.shape[0], c))))(one_hot)
+        return jnp.argmax(log_lik, axis=0)
+
+    return lambda: classify(dist, z)
+
+
+def peer_operation(library: str, config: Config, kind: str, metric: str, n: int, device) -> Callable[[], Any]:
+    if library == "nflows":
+        return nflows_operation(config, kind, metric, n)
+    if library == "zuko":
+        return zuko_operation(config, kind, metric, n)
+    return flowjax_operation(config, kind, metric, n, device)
+
+
 # --------------------------------------------------------------------------- timing
-def block(x: Any) -> Any:
-    return jax.block_until_ready(x) if not hasattr(x, "detach") else x
-
-
-def timed(fn: Callable[[], Any], times: int = 1) -> float:
-    start = time.perf_counter()
-    for _ in range(times):
-        block(fn())
-    return time.perf_counter() - start
-
-
-@dataclasses.dataclass
-class Side:
-    """One library's operation under measurement."""
-
-    fn: Callable[[], Any]
-    examples: int
-    inner: int = 1
-    seconds: list[float] = dataclasses.field(default_factory=list)
-    warm_up_s: list[float] = dataclasses.field(default_factory=list)
-
-    def warm_up(self, min_seconds: float, calls: int = 3) -> None:
-        """fpn-jax: three calls, the first traces and compiles, the second may compile again
-        (the public ``nnx.jit`` path does, see the README), the third is steady. nflows: one."""
-        self.warm_up_s = [timed(self.fn) for _ in range(calls)]
-        self.inner = max(1, math.ceil(min_seconds / max(self.warm_up_s[-1], 1e-6)))
-
-    def compile_s(self) -> float:
-        """Time of the first two calls beyond two steady ones (trace + compile)."""
-        steady = self.warm_up_s[-1]
-        return sum(max(0.0, t - steady) for t in self.warm_up_s[:2])
-
-    def repeat(self) -> None:
-        self.seconds.append(timed(self.fn, self.inner) / self.inner)
-
-    def rate(self) -> float:
-        return self.examples / statistics.median(self.seconds)
+JAX_LIBRARIES = ("fpn-jax", "flowjax")
 
 
 def matmul_ceiling(size: int, repeats: int = 5) -> float:
@@ -327,16 +522,11 @@ def measure(config: Config, kind: str, metric: str, args, device) -> dict[str, A
     n = config.size(kind, metric) if not args.quick else QUICK_SIZES[metric]
     n *= args.batch_scale
     sides = {"fpn-jax": Side(fpn_operation(config, kind, metric, n, device), n)}
-    if args.vs_nflows:
-        sides["nflows"] = Side(nflows_operation(config, kind, metric, n), n)
+    for peer in args.peers:
+        sides[peer] = Side(peer_operation(peer, config, kind, metric, n, device), n)
     for library, side in sides.items():
-        side.warm_up(args.min_seconds, calls=3 if library == "fpn-jax" else 1)
-    load = []
-    for r in range(args.repeats):
-        order = list(sides.values()) if r % 2 == 0 else list(reversed(sides.values()))
-        for side in order:
-            side.repeat()
-        load.append(os.getloadavg()[0])
+        side.warm_up(args.min_seconds, calls=3 if library in JAX_LIBRARIES else 1)
+    load = interleaved_repeats(sides.values(), args.repeats)
     row: dict[str, Any] = {
         "config": config.name, "flow": KIND_NAMES[kind], "metric": metric, "examples": n,
         "loadavg_1min": [round(x, 2) for x in load],
@@ -352,40 +542,60 @@ def measure(config: Config, kind: str, metric: str, args, device) -> dict[str, A
             "gflops_per_s": rate * flops / 1e9,
             "flops_per_example": flops,
             "warm_up_calls_s": side.warm_up_s,
+            # torch runs eagerly: nothing to compile
+            "compile_s": side.compile_s() if library in JAX_LIBRARIES else None,
         }
     fpn = row["fpn-jax"]
-    fpn["compile_s"] = sides["fpn-jax"].compile_s()
-    if "nflows" in row:
-        row["ratio"] = fpn["examples_per_s"] / row["nflows"]["examples_per_s"]
+    for peer in args.peers:
+        row[f"ratio_vs_{peer}"] = fpn["examples_per_s"] / row[peer]["examples_per_s"]
     return row
 
 
 # --------------------------------------------------------------------------- report
 def markdown(result: dict[str, Any]) -> str:
     ceiling = result["matmul_ceiling_gflops"]
-    vs = result["vs_nflows"]
+    peers = result["peers"]
+    jax_peers = [p for p in peers if p in JAX_LIBRARIES]
+    no_bn = [p for p in peers if p not in ("fpn-jax", "nflows")]
     head = ["config", "flow", "metric", "N", "fpn-jax ex/s", "GFLOP/s (% ceil.)", "compile s"]
-    if vs:
-        head += ["nflows ex/s", "nflows GFLOP/s (% ceil.)", "ratio"]
+    head += [f"{p} ex/s (% ceil.)" for p in peers] + [f"{p} compile s" for p in jax_peers]
+    head += [f"ratio vs {p}" for p in peers]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    footnote = False
     for row in result["rows"]:
         fpn = row["fpn-jax"]
-        cells = [row["config"], row["flow"], row["metric"], f"{row['examples']:,}",
+        marked = no_bn and result["configs"][row["config"]]["batch_norm"]
+        footnote = footnote or marked
+        cells = [row["config"] + (" †" if marked else ""), row["flow"], row["metric"], f"{row['examples']:,}",
                  f"{fpn['examples_per_s']:,.0f}",
                  f"{fpn['gflops_per_s']:.1f} ({100 * fpn['gflops_per_s'] / ceiling:.0f}%)",
                  f"{fpn['compile_s']:.2f}"]
-        if vs:
-            ref = row["nflows"]
-            cells += [f"{ref['examples_per_s']:,.0f}",
-                      f"{ref['gflops_per_s']:.1f} ({100 * ref['gflops_per_s'] / ceiling:.0f}%)",
-                      f"{row['ratio']:.2f}x"]
+        for p in peers:
+            ref = row[p]
+            cells.append(f"{ref['examples_per_s']:,.0f} ({100 * ref['gflops_per_s'] / ceiling:.0f}%)")
+        cells += [f"{row[p]['compile_s']:.2f}" for p in jax_peers]
+        cells += [f"{row[f'ratio_vs_{p}']:.2f}x" for p in peers]
         lines.append("| " + " | ".join(cells) + " |")
     machine = result["machine"]
+    lines.append("")
+    if footnote:
+        lines.append(
+            f"† batch norm (within the residual blocks and between layers) in fpn-jax"
+            f"{' and nflows' if 'nflows' in peers else ''} only: {' and '.join(no_bn)} have none and run "
+            "without it.  "
+        )
+    if peers:
+        lines.append(
+            "Ratio: fpn-jax examples/s over the peer's. % ceil.: achieved GFLOP/s (matmul FLOPs counted "
+            "analytically) over the matmul ceiling. Peers' flows: `architectures` in the JSON.  "
+        )
+    versions = result["versions"]
+    shown = ["python", *BASE_PACKAGES] + [k for k in versions if any(k in PEER_PACKAGES[p] for p in peers)]
     lines += [
-        "",
         f"Command: `{result['command']}`  ",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['platform']}; "
         f"device {result['device']}; XLA/torch threads {result['threads']}  ",
+        "Versions: " + ", ".join(f"{k} {versions[k]}" for k in shown) + "  ",
         f"Matmul ceiling (jitted float32 {result['ceiling_size']}^2 matmul): {ceiling:.1f} GFLOP/s  ",
         f"Load average (1 min) during the run: min {result['loadavg_min']:.2f}, max {result['loadavg_max']:.2f}  ",
         f"Median of {result['repeats']} repeats after warm-up; total {result['seconds']:.0f} s.",
@@ -393,30 +603,28 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+BASE_PACKAGES = ["jax", "jaxlib", "flax", "optax", "fpn-jax"]
 
 
-def versions(vs_nflows: bool) -> dict[str, str]:
-    names = ["jax", "jaxlib", "flax", "optax", "fpn-jax"] + (["torch", "nflows"] if vs_nflows else [])
-    found = {"python": platform.python_version()}
-    for name in names:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
+PACKAGES = BASE_PACKAGES + ["torch", "nflows", "zuko", "flowjax", "equinox", "paramax"]
+
+
+def parse_peers(text: str) -> list[str]:
+    """``"zuko,nflows"`` -> ``["nflows", "zuko"]`` (the order of ``PEERS``); unknown names raise."""
+    names = {name.strip() for name in text.split(",") if name.strip()}
+    unknown = names - set(PEERS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown peer(s) {sorted(unknown)}; choose from {', '.join(PEERS)}")
+    return [p for p in PEERS if p in names]
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--vs-nflows", action="store_true", help="also time nflows 0.14 (torch) side by side")
+    p.add_argument(
+        "--vs", type=parse_peers, default=[], metavar="PEERS",
+        help=f"also time these libraries side by side, comma-separated: {','.join(PEERS)}",
+    )
+    p.add_argument("--vs-nflows", action="store_true", help="the same as --vs nflows")
     p.add_argument("--quick", action="store_true", help="small sizes, MNIST-VAE only: for CI")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--batch-scale", type=int, default=1, help="multiply every batch size (larger batches on GPU)")
@@ -433,6 +641,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.min_seconds = 0.05 if args.quick else 0.3
     if args.repeats < 1 or args.batch_scale < 1:
         p.error("--repeats and --batch-scale must be >= 1")
+    args.peers = [p for p in PEERS if p in args.vs or (p == "nflows" and args.vs_nflows)]
     return args
 
 
@@ -441,8 +650,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     device = jax.devices(args.device)[0]
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if args.vs_nflows:
-        import nflows  # noqa: F401  (fail early when not installed)
+    for peer in args.peers:
+        importlib.import_module(peer)  # fail early when not installed
+    if any(p in TORCH_PEERS for p in args.peers):
         import torch
 
         torch.set_num_threads(threads)
@@ -457,10 +667,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     row = measure(CONFIGS[name], kind, metric, args, device)
                     rows.append(row)
                     write(args, result(args, argv, device, threads, ceiling, ceiling_size, rows, start))
-                    extra = (
-                        f"  nflows {row['nflows']['examples_per_s']:,.0f}/s  ratio {row['ratio']:.2f}x"
-                        if "ratio" in row
-                        else ""
+                    extra = "".join(
+                        f"  {p} {row[p]['examples_per_s']:,.0f}/s ({row[f'ratio_vs_{p}']:.2f}x)" for p in args.peers
                     )
                     ours = row["fpn-jax"]
                     print(
@@ -480,10 +688,15 @@ def result(args, argv, device, threads, ceiling, ceiling_size, rows, start) -> d
     loads = [x for row in rows for x in row["loadavg_1min"]]
     return {
         "command": "python benchmarks/flows.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform()},
-        "versions": versions(args.vs_nflows),
+        "machine": machine(),
+        "versions": versions(PACKAGES),
         "device": str(device), "threads": threads, "repeats": args.repeats, "quick": args.quick,
-        "vs_nflows": args.vs_nflows, "batch_scale": args.batch_scale,
+        "peers": args.peers, "batch_scale": args.batch_scale,
+        "configs": {name: {"features": CONFIGS[name].features, "context": CONFIGS[name].context,
+                           "hidden": CONFIGS[name].hidden, "batch_norm": CONFIGS[name].batch_norm}
+                    for name in args.configs},
+        "architectures": {library: {KIND_NAMES[kind]: architecture(library, kind) for kind in args.flows}
+                          for library in ["fpn-jax", *args.peers]},
         "matmul_ceiling_gflops": ceiling, "ceiling_size": ceiling_size,
         "loadavg_min": min(loads), "loadavg_max": max(loads), "rows": rows,
         "seconds": time.perf_counter() - start,
@@ -491,11 +704,7 @@ def result(args, argv, device, threads, ceiling, ceiling_size, rows, start) -> d
 
 
 def write(args, result: dict[str, Any]) -> None:
-    """Writes the JSON and the table (after every row, so a cut-off run keeps its rows)."""
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "flows-quick" if args.quick else "flows"
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(result))
+    write_files(args.out, "flows-quick" if args.quick else "flows", result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -36,48 +36,170 @@ def _positive_finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
+def _installed(*modules: str) -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+PEER_MODULES = {"nflows": ("torch", "nflows"), "zuko": ("torch", "zuko"), "flowjax": ("flowjax", "equinox", "paramax")}
+INSTALLED_PEERS = [p for p, modules in PEER_MODULES.items() if _installed(*modules)]
+JAX_LIBRARIES = ("fpn-jax", "flowjax")
+
+
+def _leading_number(cell: str) -> float:
+    return float(cell.split()[0].replace(",", "").rstrip("x"))
+
+
 def test_quick_run_writes_json_and_table(tmp_path):
-    vs = importlib.util.find_spec("nflows") is not None and importlib.util.find_spec("torch") is not None
-    command = [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)] + (["--vs-nflows"] if vs else [])
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    peers = INSTALLED_PEERS  # every peer that is installed (none in CI without the `peers` extra)
+    command = [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)] + (
+        ["--vs", ",".join(peers)] if peers else []
+    )
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
 
     result = json.loads((tmp_path / "flows-quick.json").read_text())
-    assert result["quick"] and result["vs_nflows"] == vs
+    assert result["quick"] and result["peers"] == peers
     assert _positive_finite(result["matmul_ceiling_gflops"])
     assert _positive_finite(result["threads"])
+    assert {"torch", "nflows", "zuko", "flowjax", "equinox", "jax"} <= set(result["versions"])
+    assert set(result["architectures"]) == {"fpn-jax", *peers}
+    for library, kinds in result["architectures"].items():
+        assert set(kinds) == {"C-MAF", "C-RealNVP"}
+        assert all(isinstance(text, str) and len(text) > 100 for text in kinds.values()), library
     rows = result["rows"]
     expected = {(f, m) for f in ("C-MAF", "C-RealNVP") for m in ("train", "log_prob", "sample", "classify")}
     assert {(r["flow"], r["metric"]) for r in rows} == expected
     for row in rows:
         assert row["examples"] > 0 and len(row["loadavg_1min"]) == result["repeats"] >= 5
-        libraries = ["fpn-jax"] + (["nflows"] if vs else [])
-        for library in libraries:
+        for library in ["fpn-jax", *peers]:
             side = row[library]
             for name in ("examples_per_s", "seconds_per_call", "gflops_per_s", "flops_per_example"):
                 assert _positive_finite(side[name]), (row["flow"], row["metric"], library, name, side[name])
-            assert len(side["warm_up_calls_s"]) == (3 if library == "fpn-jax" else 1)
+            assert len(side["warm_up_calls_s"]) == (3 if library in JAX_LIBRARIES else 1)
             assert all(_positive_finite(s) for s in side["warm_up_calls_s"])
             assert len(side["seconds_all_repeats"]) == result["repeats"]
             assert all(_positive_finite(s) for s in side["seconds_all_repeats"])
             # the rate is the median repeat's
             assert side["examples_per_s"] == pytest.approx(row["examples"] / np.median(side["seconds_all_repeats"]))
-        assert math.isfinite(row["fpn-jax"]["compile_s"]) and row["fpn-jax"]["compile_s"] >= 0
-        if vs:
-            ratio = row["fpn-jax"]["examples_per_s"] / row["nflows"]["examples_per_s"]
-            assert row["ratio"] == pytest.approx(ratio)
+            if library in JAX_LIBRARIES:
+                assert math.isfinite(side["compile_s"]) and side["compile_s"] >= 0
+            else:
+                assert side["compile_s"] is None  # torch runs eagerly
+        for peer in peers:
+            ratio = row["fpn-jax"]["examples_per_s"] / row[peer]["examples_per_s"]
+            assert _positive_finite(row[f"ratio_vs_{peer}"])
+            assert row[f"ratio_vs_{peer}"] == pytest.approx(ratio)
+        assert not any(key.startswith("ratio_vs_") and key[9:] not in peers for key in row)
 
     table = (tmp_path / "flows-quick.md").read_text().splitlines()
     header = [c.strip() for c in table[0].strip("|").split("|")]
     assert header[:5] == ["config", "flow", "metric", "N", "fpn-jax ex/s"]
-    assert ("ratio" in header) == vs
+    assert [h for h in header if h.startswith("ratio vs ")] == [f"ratio vs {p}" for p in peers]
     body = [line for line in table[2:] if line.startswith("|")]
     assert len(body) == len(rows)
     for line in body:
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert len(cells) == len(header)
         assert float(cells[4].replace(",", "")) > 0
+        for peer in peers:
+            assert _leading_number(cells[header.index(f"{peer} ex/s (% ceil.)")]) > 0
+            assert _leading_number(cells[header.index(f"ratio vs {peer}")]) > 0
     assert any(line.startswith("Command: `python benchmarks/flows.py --quick") for line in table)
+
+
+def test_peer_options():
+    bench = _load_benchmark()
+    assert bench.parse([]).peers == []
+    assert bench.parse(["--vs-nflows"]).peers == ["nflows"]
+    assert bench.parse(["--vs", "flowjax,nflows"]).peers == ["nflows", "flowjax"]
+    assert bench.parse(["--vs", "zuko", "--vs-nflows"]).peers == ["nflows", "zuko"]
+    with pytest.raises(SystemExit):
+        bench.parse(["--vs", "nflows,pyro"])
+
+
+def test_flop_counts():
+    """fpn-jax's C-RealNVP computes the halves as nflows does (even D), and the peers' MAF
+    sampling costs D density passes."""
+    bench = _load_benchmark()
+    for config in bench.CONFIGS.values():
+        assert bench.pass_flops(config, "rnvp", "fpn-jax") == bench.pass_flops(config, "rnvp", "nflows")
+        assert bench.pass_flops(config, "maf", "fpn-jax") == bench.pass_flops(config, "maf", "nflows")
+        d, c, h = config.features, config.context, config.hidden
+        per_layer = (d // 2 + c) * h + bench.NUM_BLOCKS * (2 * h * h + c * h) + h * 2 * (d // 2)  # D even
+        assert bench.pass_flops(config, "rnvp", "nflows") == 2 * bench.NUM_LAYERS * per_layer
+        for peer in ("nflows", "zuko", "flowjax"):
+            assert bench.flops_per_example(config, "maf", "sample", peer) == d * bench.pass_flops(config, "maf", peer)
+            assert bench.flops_per_example(config, "maf", "classify", peer) == c * bench.pass_flops(config, "maf", peer)
+
+
+# A small odd-sized config: odd D tells the libraries' ways of halving apart.
+TINY = dict(name="tiny", features=7, context=3, hidden=8, batch_norm=False, sizes={})
+
+
+def _dense_shapes(library, flow):
+    """Per flow layer, the sorted (in, out) of every weight matrix, and the number of parameters."""
+    if library in ("nflows", "zuko"):  # torch: (out, in) weights, named "<...>.transforms.<layer>.<...>"
+        layers = {}
+        for name, p in flow.named_parameters():
+            if name.endswith("weight"):
+                layers.setdefault(int(name.split(".")[2]), []).append(tuple(p.shape)[::-1])
+        return [sorted(v) for _, v in sorted(layers.items())], sum(p.numel() for p in flow.parameters())
+    if library == "flowjax":  # the layers stacked: (L, out, in)
+        import equinox as eqx
+
+        leaves = jax.tree.leaves(eqx.filter(flow, eqx.is_inexact_array))
+        weights = [leaf.shape[:0:-1] for leaf in leaves if leaf.ndim == 3]
+    else:  # fpn-jax: stacked (L, in, out)
+        leaves = jax.tree.leaves(nnx.state(flow, nnx.Param))
+        weights = [leaf.shape[1:] for leaf in leaves if leaf.ndim == 3]
+    layers = {leaf.shape[0] for leaf in leaves}
+    assert len(layers) == 1
+    return [sorted(weights)] * layers.pop(), sum(leaf.size for leaf in leaves)
+
+
+@pytest.mark.parametrize("kind", ["maf", "rnvp"])
+@pytest.mark.parametrize("library", ["fpn-jax", "nflows", "zuko", "flowjax"])
+def test_built_flows_have_the_counted_dense_layers(library, kind):
+    """Every library's flow has exactly the weight matrices that ``dense_layers`` (the FLOP
+    count and the architecture strings) claims, layer by layer, and nothing else but biases."""
+    if library != "fpn-jax" and library not in INSTALLED_PEERS:
+        pytest.skip(f"{library} is not installed (pip install -e .[peers])")
+    bench = _load_benchmark()
+    config = bench.Config(**TINY)
+    flow = bench.build_fpn(config, kind) if library == "fpn-jax" else getattr(bench, f"build_{library}")(config, kind)
+    claimed = bench.dense_layers(config, kind, library)
+    shapes, parameters = _dense_shapes(library, flow)
+    assert shapes == [sorted(layer) for layer in claimed]
+    assert parameters == sum((i + 1) * o for layer in claimed for i, o in layer)  # weights and biases only
+    assert bench.pass_flops(config, kind, library) == 2 * sum(i * o for layer in claimed for i, o in layer)
+
+
+@pytest.mark.parametrize("kind", ["maf", "rnvp"])
+@pytest.mark.parametrize("library", ["nflows", "zuko", "flowjax"])
+def test_peer_operations_compute(library, kind):
+    """The timed peer operations on a tiny batch: a finite loss that changes, finite
+    log-densities, one finite sample per context row, and a class per latent."""
+    if library not in INSTALLED_PEERS:
+        pytest.skip(f"{library} is not installed (pip install -e .[peers])")
+    bench = _load_benchmark()
+    config = bench.Config(**TINY)
+    n, device = 9, jax.devices("cpu")[0]
+
+    def numpy(out):
+        return np.asarray(out.detach() if hasattr(out, "detach") else out)
+
+    def run(metric):
+        return numpy(bench.peer_operation(library, config, kind, metric, n, device)())
+
+    train = bench.peer_operation(library, config, kind, "train", n, device)
+    losses = [float(numpy(train())) for _ in range(2)]
+    assert all(map(math.isfinite, losses)) and losses[0] != losses[1]
+    log_prob = run("log_prob")
+    assert log_prob.shape == (n,) and np.isfinite(log_prob).all()
+    sample = run("sample")
+    assert sample.reshape(n, -1).shape == (n, config.features) and np.isfinite(sample).all()
+    labels = run("classify")
+    assert labels.shape == (n,) and ((0 <= labels) & (labels < config.context)).all()
 
 
 @pytest.fixture

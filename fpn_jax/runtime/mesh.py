@@ -134,7 +134,13 @@ def replicate(tree: Any, *, commit: bool = False) -> Any:
     compiles the function a second time (10-15 s for a training epoch of the MNIST plugins).
     """
     chosen, sharding = frozenset(devices()), replicated()
-    return jax.tree.map(lambda x: x if _on_all(x, chosen) and not commit else jax.device_put(x, sharding), tree)
+
+    def put(x: Any) -> Any:
+        if not isinstance(x, (jax.Array, np.ndarray)) or (_on_all(x, chosen) and not commit):
+            return x
+        return jax.device_put(x, sharding)
+
+    return jax.tree.map(put, tree)
 
 
 def constrain_rows(tree: Any) -> Any:

@@ -167,7 +167,8 @@ def fit_model(
     if store is not None and resume:
         restored = store.restore((*state, best))
         if restored is not None:
-            (*restored_state, best), history = mesh.replicate(restored, commit=True)
+            trees, history = restored  # History is not a pytree: only the arrays go to the devices
+            *restored_state, best = mesh.replicate(trees, commit=True)
             state = TrainState(*restored_state)
             first_epoch = len(history.train_loss)
     best_val = min(history.val_loss, default=np.inf)

@@ -296,3 +296,15 @@ def test_decode_takes_a_key_and_options_and_latents_pass_them_on():
     assert 1e-3 < np.abs(drawn - 2.0 * mean).max() < 0.1
     with pytest.raises(ValueError, match="`key`"):
         model.decode(z, key=0)
+
+
+def test_data_check_inside_a_traced_function_on_a_closed_over_array():
+    """A concrete batch closed over by a jitted function: shape and dtype are checked, its values
+    cannot be read while tracing (they were a TracerArrayConversionError before)."""
+    from fpn_jax.autoencoders.base import check_data
+
+    x = jnp.full((2, 3, 3, 1), 0.5)
+    out = jax.jit(lambda: check_data(x, (3, 3, 1), name="x", where="test") * 2)()
+    np.testing.assert_allclose(np.asarray(out), 1.0)
+    with pytest.raises(ValueError, match=r"must have shape \(N, 4, 4, 1\)"):
+        jax.jit(lambda: check_data(x, (4, 4, 1), name="x", where="test"))()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -138,7 +139,10 @@ def check_data(
         low, high = data_range
         xp = jnp if isinstance(x, jnp.ndarray) else np
         flat = x.reshape(shape[0], -1)
-        bad = ~np.asarray(xp.all((flat >= low) & (flat <= high), axis=1))
+        try:
+            bad = ~np.asarray(xp.all((flat >= low) & (flat <= high), axis=1))
+        except jax.errors.TracerArrayConversionError:  # a concrete array closed over by a traced function
+            bad = np.zeros(0, bool)  # its values cannot be read here; shape and dtype were checked
         if bad.any():
             row = int(np.argmax(bad))
             values = np.asarray(flat[row], np.float64)

@@ -58,3 +58,17 @@ def data(features: int, context_features: int = 3, n: int = 8, seed: int = 1):
 )
 def flow_kind(request):
     return request.param
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch (skipping the module without it) with one intra-op thread for the module's tests.
+
+    nflows' MAF inverse is hundreds of tiny ops: with several intra-op threads on a busy
+    machine torch spends seconds spinning (measured: 14 s vs 0.06 s on 2 shared cores).
+    """
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield torch
+    torch.set_num_threads(threads)

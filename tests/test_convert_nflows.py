@@ -36,14 +36,7 @@ KINDS = ("maf", "rnvp")
 MAF_SAMPLING_DAMP = 0.1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """nflows' MAF inverse is hundreds of tiny ops: with several intra-op threads on a busy
-    machine torch spends seconds spinning (measured: 14 s vs 0.06 s on 2 shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op torch thread
 
 
 def numpy_state(flow: torch.nn.Module) -> dict[str, np.ndarray]:

@@ -40,12 +40,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 D, C, H = 6, 3, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op torch thread
 
 
 def original_flow(monkeypatch, kind: str, **kwargs) -> Flow:

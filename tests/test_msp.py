@@ -53,12 +53,8 @@ def _spec_256() -> dict[str, tuple[int, ...]]:
 
 # -- the torch reference ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def torch():
-    torch = pytest.importorskip("torch")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield torch
-    torch.set_num_threads(threads)
+def torch(one_torch_thread):
+    return one_torch_thread
 
 
 @pytest.fixture(scope="module")

@@ -42,12 +42,7 @@ def close(actual, expected, *, atol=1e-5, rtol_of_max=1e-6):
     np.testing.assert_allclose(np.asarray(actual, np.float64), expected, atol=tolerance, rtol=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one intra-op torch thread
 
 
 @pytest.fixture(scope="module")

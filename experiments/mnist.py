@@ -2,9 +2,12 @@
 
     python experiments/mnist.py --data-dir ../shared/data/mnist           # full run
     python experiments/mnist.py --data-dir ../shared/data/mnist --quick   # ~1 minute check
+    python experiments/mnist.py --dataset fashion_mnist --quick           # Fashion-MNIST, downloaded once
 
-Writes metrics.json, report.md and figures to --out (default runs/mnist). Base models and
-the judge CNN are cached (see --cache-dir), so a second run only trains the plugins.
+Without --data-dir the four IDX files are read from $FPN_JAX_HOME/data/<dataset> (default
+~/.cache/fpn_jax), downloaded there on first use. Writes metrics.json, report.md and figures
+to --out (default runs/<dataset>). Base models and the judge CNN are cached (see --cache-dir),
+so a second run only trains the plugins.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ def parse(argv: list[str] | None = None) -> mnist.Config:
     """The command line as a ``mnist.Config``: the defaults, the quick overlay with --quick, then the flags."""
     full, fast = mnist.Config(), mnist.quick()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", help="folder with the four MNIST IDX files (default: tensorflow-datasets)")
-    p.add_argument("--out", help=f"run folder (default {full.out}, or {fast.out} with --quick)")
+    p.add_argument("--data-dir", help="folder with the four IDX files (default: downloaded once into "
+                   "$FPN_JAX_HOME/data/<dataset>)")
+    p.add_argument("--dataset", choices=mnist.DATASETS, help=f"the data set (default {full.dataset})")
+    p.add_argument("--out", help=f"run folder (default {full.out}, or {fast.out} with --quick; "
+                   "runs/<dataset>[-quick] for another dataset)")
     p.add_argument("--base", choices=mnist.BASES, help="only this base model")
     p.add_argument("--plugin", choices=mnist.PLUGINS, help="only this plugin")
     p.add_argument("--seed", type=int, help=f"one seed for data split, training and sampling (default {full.seed})")
@@ -38,7 +44,7 @@ def parse(argv: list[str] | None = None) -> mnist.Config:
                    help="the paper's 5-fold grid search for the baselines")
     a = p.parse_args(argv)
     flags = {
-        "data_dir": a.data_dir, "out": a.out, "bases": (a.base,) if a.base else None,
+        "data_dir": a.data_dir, "dataset": a.dataset, "out": a.out, "bases": (a.base,) if a.base else None,
         "plugins": (a.plugin,) if a.plugin else None, "seed": a.seed, "cache_dir": a.cache_dir,
         "base_epochs": a.base_epochs, "plugin_epochs": a.plugin_epochs,
         "vae_sample_latents": a.vae_sample_latents, "grid_search": a.grid_search,

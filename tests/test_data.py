@@ -21,6 +21,7 @@ from fpn_jax.data import (
     DatasetUnavailableError,
     IDXFormatError,
     Split,
+    load_fashion_mnist,
     load_mnist,
     read_idx,
     subset,
@@ -304,8 +305,19 @@ def test_load_mnist_missing_files(tmp_path):
     expected = "train-images-idx3-ubyte.*train-labels-idx1-ubyte.*t10k-images"
     with pytest.raises(FileNotFoundError, match=expected):
         load_mnist(empty, source="idx")
-    with pytest.raises(ValueError, match="source='idx' needs `data_dir`"):
+
+
+def test_load_mnist_idx_without_data_dir_reads_the_cache_only(tmp_path, monkeypatch):
+    """source='idx' never downloads: without data_dir it reads the cache folder, or says what is missing."""
+    monkeypatch.setenv("FPN_JAX_HOME", str(tmp_path / "home"))
+    cache = tmp_path / "home" / "data" / "mnist"
+    expected = f"missing from {re.escape(str(cache))}: train-images-idx3-ubyte.*source='download' or 'auto'"
+    with pytest.raises(FileNotFoundError, match=expected):
         load_mnist(None, source="idx")
+    assert not cache.exists()
+    arrays = write_mnist(cache)
+    ds = load_mnist(source="idx", validation_size=5)
+    np.testing.assert_array_equal(ds.test.labels, arrays["test_labels"])
 
 
 def test_load_mnist_argument_errors(tmp_path):
@@ -315,10 +327,70 @@ def test_load_mnist_argument_errors(tmp_path):
         load_mnist(tmp_path, validation_size=30)
     with pytest.raises(ValueError, match="`validation_size` must be an integer >= 0; got -1"):
         load_mnist(tmp_path, validation_size=-1)
-    with pytest.raises(ValueError, match="`source` must be 'auto', 'idx' or 'tfds'; got 'web'"):
+    with pytest.raises(ValueError, match="`source` must be one of 'auto', 'idx', 'download', 'tfds'; got 'web'"):
         load_mnist(tmp_path, source="web")
     with pytest.raises(ValueError, match="`seed` must be an integer; got 0.5"):
         load_mnist(tmp_path, seed=0.5)
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST: the same files and code
+
+
+@pytest.mark.parametrize("gz", [(True,) * 4, (False,) * 4], ids=["gz", "raw"])
+def test_load_fashion_mnist_generated_idx(tmp_path, gz):
+    arrays = write_mnist(tmp_path, n_train=40, n_test=20, gz=gz)
+    ds = load_fashion_mnist(tmp_path, validation_size=10, seed=2)
+    assert ds.num_classes == 10 and ds.context_names == data.FASHION_MNIST_CLASSES
+    assert ds.context_names[0] == "T-shirt/top" and ds.context_names[9] == "Ankle boot"
+    assert ds.train.inputs.shape == (30, 28, 28, 1) and ds.validation.inputs.shape == (10, 28, 28, 1)
+    assert ds.test.inputs.dtype == np.float32 and ds.test.labels.dtype == np.int32
+    np.testing.assert_array_equal(ds.test.inputs[..., 0], arrays["test_images"] / np.float32(255))
+    np.testing.assert_array_equal(ds.test.context, np.eye(10, dtype=np.float32)[arrays["test_labels"]])
+    # One code path: MNIST read from the same files gives the same split, only the class names differ.
+    same = load_mnist(tmp_path, validation_size=10, seed=2, source="idx")
+    assert same.context_names == data.MNIST_CLASSES == tuple("0123456789")
+    for split in ("train", "validation", "test"):
+        np.testing.assert_array_equal(getattr(same, split).inputs, getattr(ds, split).inputs)
+        np.testing.assert_array_equal(getattr(same, split).labels, getattr(ds, split).labels)
+    generic = data.load_idx_dataset("fashion_mnist", tmp_path, validation_size=10, seed=2)
+    np.testing.assert_array_equal(generic.validation.labels, ds.validation.labels)
+
+
+def test_load_fashion_mnist_checks_name_the_function_and_files(tmp_path):
+    write_mnist(tmp_path / "labels", label_shift=1)
+    expected = "load_fashion_mnist: .*train-labels-idx1-ubyte.*labels in 0..9; got values from 1 to 10"
+    with pytest.raises(ValueError, match=expected):
+        load_fashion_mnist(tmp_path / "labels")
+    write_mnist(tmp_path / "part")
+    (tmp_path / "part" / "train-labels-idx1-ubyte").unlink()
+    with pytest.raises(FileNotFoundError, match="Fashion-MNIST IDX file.*missing from .*: train-labels-idx1-ubyte"):
+        load_fashion_mnist(tmp_path / "part")
+    expected = r"load_idx_dataset: unknown data set 'kmnist'; known: \['fashion_mnist', 'mnist'\]"
+    with pytest.raises(ValueError, match=expected):
+        data.load_idx_dataset("kmnist", tmp_path)
+
+
+def test_fashion_mnist_without_tensorflow_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setattr(mnist_source, "_tensorflow_available", lambda: False)
+    expected = "could not load Fashion-MNIST.*TensorFlow is not installed"
+    with pytest.raises(DatasetUnavailableError, match=expected) as info:
+        load_fashion_mnist(tmp_path, source="tfds")
+    assert "--data-dir" in str(info.value) and "pip install tensorflow-cpu" in str(info.value)
+
+
+def test_fashion_mnist_tfds_name(tmp_path, monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setattr(mnist_source, "_tensorflow_available", lambda: True)
+    images, labels = np.zeros((12, 28, 28, 1), np.uint8), np.arange(12) % 10
+    calls = []
+
+    def fake_load(name, **kwargs):
+        calls.append(name)
+        return [(images, labels), (images[:4], labels[:4])]
+
+    monkeypatch.setattr(tfds, "load", fake_load)
+    ds = load_fashion_mnist(tmp_path, validation_size=2, source="tfds")
+    assert calls == ["fashion_mnist"] and len(ds.train) == 10 and ds.context_names == data.FASHION_MNIST_CLASSES
 
 
 # --------------------------------------------------------------------------- tfds fallback

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from fpn_jax import autoencoders
+from fpn_jax.evaluation import report as report_module
 from fpn_jax.experiments import mnist, stages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,6 +120,13 @@ def test_quick_run_writes_report_metrics_and_figures(tmp_path):
                    "training_curves.png"]:
         assert figure in report and (out / figure).stat().st_size > 1000
     assert "0.9677" in report  # the paper's number sits beside ours
+    # The same metrics as a Fashion-MNIST run's: the report names that data set, never MNIST.
+    fashion = json.loads(json.dumps(metrics))
+    fashion["config"]["dataset"] = "fashion_mnist"
+    (tmp_path / "fashion").mkdir()
+    fashion_report = report_module.write_mnist_report(tmp_path / "fashion", fashion).read_text()
+    assert fashion_report.startswith("# Flow Plugin Networks on Fashion-MNIST\n")
+    assert "the MNIST training" not in fashion_report
 
     # A second run (one combination, in this process) reuses the cached base model and judge: same numbers.
     # What train_and_evaluate returns is what metrics.json holds.

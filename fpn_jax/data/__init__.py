@@ -1,8 +1,9 @@
 """Data sets: ``Split`` / ``Dataset`` (inputs, contexts, labels, value range), MNIST, contexts.
 
-``Split`` and ``Dataset`` (``data.base``) are general; ``load_mnist`` (``data.mnist``) reads
-MNIST from IDX files (``data.idx``) or tensorflow-datasets; ``one_hot`` (``data.context``)
-turns class labels into context rows.
+``Split`` and ``Dataset`` (``data.base``) are general; ``load_mnist`` and ``load_fashion_mnist``
+(``data.mnist``) read MNIST and Fashion-MNIST from their IDX files (``data.idx``), downloaded once
+into ``$FPN_JAX_HOME/data`` when no folder is given (``data.download``: mirrors, checksums, atomic
+writes), or from tensorflow-datasets; ``one_hot`` (``data.context``) turns class labels into context rows.
 ``load_shapenet`` (``data.shapenet``) reads ShapeNetCore.v2.PC15k point clouds as PointFlow does;
 ``write_synthetic_shapenet`` (``data.synthetic_shapes``) writes an offline stand-in of the same layout.
 ``CelebA`` (``data.celeba``) streams CelebA from torchvision's layout or tfds with MSP's preprocessing;
@@ -23,8 +24,19 @@ from fpn_jax.data.celeba import (
     write_synthetic_celeba,
 )
 from fpn_jax.data.context import one_hot
+from fpn_jax.data.download import DownloadError, RemoteFile, data_home
 from fpn_jax.data.idx import IDXFormatError, read_idx
-from fpn_jax.data.mnist import MNIST_FILES, load_mnist
+from fpn_jax.data.mnist import (
+    FASHION_MNIST_CLASSES,
+    IDX_DATASETS,
+    MNIST_CLASSES,
+    MNIST_FILES,
+    IDXDataset,
+    download_idx_dataset,
+    load_fashion_mnist,
+    load_idx_dataset,
+    load_mnist,
+)
 from fpn_jax.data.morpho import (
     binarize,
     measure,
@@ -37,6 +49,9 @@ from fpn_jax.data.synthetic_shapes import SYNTHETIC_CATEGORIES, write_synthetic_
 
 __all__ = [
     "CELEBA_ATTRIBUTES",
+    "FASHION_MNIST_CLASSES",
+    "IDX_DATASETS",
+    "MNIST_CLASSES",
     "MNIST_FILES",
     "SHAPENET_CATEGORIES",
     "SYNTHETIC_CATEGORIES",
@@ -45,12 +60,19 @@ __all__ = [
     "CelebASplit",
     "Dataset",
     "DatasetUnavailableError",
+    "DownloadError",
+    "IDXDataset",
     "IDXFormatError",
     "Normalization",
+    "RemoteFile",
     "Split",
     "binarize",
     "center_crop_box",
+    "data_home",
+    "download_idx_dataset",
     "load_celeba_arrays",
+    "load_fashion_mnist",
+    "load_idx_dataset",
     "load_mnist",
     "load_shapenet",
     "measure",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fpn_jax.data import IDX_DATASETS
+
 BASE_NAMES = {"conv_vae": "ConvVAE", "conv_ae": "ConvAE"}
 PLUGIN_NAMES = {"maf": "C-MAF", "rnvp": "C-RealNVP"}
 BASELINE_NAMES = {"logistic_regression": "logistic regression", "linear_svm": "linear SVM", "rbf_svm": "RBF SVM"}
@@ -34,8 +36,9 @@ def headline_table(metrics: dict[str, Any]) -> str:
 def write_mnist_report(out: Path, metrics: dict[str, Any]) -> Path:
     """Writes ``out/report.md`` from the metrics of ``fpn_jax.experiments.mnist.train_and_evaluate``."""
     config = metrics["config"]
+    title = IDX_DATASETS[config.get("dataset", "mnist")].title
     sections = [
-        "# Flow Plugin Networks on MNIST",
+        f"# Flow Plugin Networks on {title}",
         f"Run folder `{out}`; data: {metrics['data']['train']} train / {metrics['data']['validation']} validation "
         f"/ {metrics['data']['test']} test images{' (quick subset)' if config.get('subset') else ''}; "
         f"seed {config['seed']}; "
@@ -62,7 +65,7 @@ def write_mnist_report(out: Path, metrics: dict[str, Any]) -> Path:
         "Training accuracy of the baselines is measured on at most 10,000 of their training rows.",
         "## Conditional generation",
         f"{config['samples_per_class']} samples per class are decoded and classified by an independent CNN "
-        f"trained on the MNIST training images (its own test accuracy: "
+        f"trained on the {title} training images (its own test accuracy: "
         f"{metrics['judge']['test_accuracy']:.4f}). Generation accuracy = how often it agrees with the class "
         "the sample was drawn for. Samples that overflowed to a non-finite latent count as wrong: "
         + ", ".join(f"{BASE_NAMES[b]} + {PLUGIN_NAMES[p]}: {r.get('non_finite_samples', 0)}"

@@ -1,5 +1,8 @@
 """The paper's MNIST experiments (section 5): one ``Config``, one ``train_and_evaluate``.
 
+The same pipeline runs on Fashion-MNIST (``Config(dataset="fashion_mnist")``, the command
+line's ``--dataset fashion_mnist``): its own run folder and its own model cache, no paper numbers.
+
 For every base model (ConvVAE, ConvAE) and plugin (C-MAF, C-RealNVP)::
 
     images ──E──▶ latents ──fit──▶ p(z | y) ──▶ Bayes-rule accuracy, test NLL
@@ -27,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from fpn_jax import autoencoders, latents
-from fpn_jax.data import Dataset, load_mnist, subset
+from fpn_jax.data import Dataset, load_idx_dataset, subset
 from fpn_jax.evaluation import judge, plots, report
 from fpn_jax.evaluation.report import BASE_NAMES, PLUGIN_NAMES
 from fpn_jax.experiments import stages
@@ -35,16 +38,19 @@ from fpn_jax.flows import ConditionalMAF, ConditionalRealNVP
 from fpn_jax.train import TrainConfig
 
 __all__ = [
-    "BASES", "PAPER", "PLUGINS", "Config", "base_model", "encode", "evaluate_plugin", "judge_model", "load_data",
-    "make_plugin", "plugin_settings", "plugin_train_config", "quick", "sample_grid", "train_and_evaluate",
+    "BASES", "DATASETS", "PAPER", "PLUGINS", "Config", "base_model", "encode", "evaluate_plugin", "judge_model",
+    "load_data", "make_plugin", "plugin_settings", "plugin_train_config", "quick", "sample_grid", "train_and_evaluate",
 ]
 
 BASES = ("conv_vae", "conv_ae")
 PLUGINS = ("maf", "rnvp")
+DATASETS = ("mnist", "fashion_mnist")
+"""The data sets the experiment runs on (``Config.dataset``); both are read by ``load_idx_dataset``."""
 PAPER = {"maf": 0.9677, "rnvp": 0.9616, "rbf_svm": 0.9603}
 """The paper's MNIST test accuracies (C-MAF and C-RealNVP on the VAE's latents, RBF SVM)."""
 GRID_COLUMNS = 10
 """Samples per class shown in each ``samples_*.png``."""
+_OUT, _QUICK_OUT = "runs/mnist", "runs/mnist-quick"  # the default run folders (MNIST's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,15 +60,20 @@ class Config:
     ``quick(config)`` overlays the settings of a quick check; the command line fills the rest.
 
     Attributes:
-      data_dir: folder with the four MNIST IDX files; None: tensorflow-datasets.
+      data_dir: folder with the four IDX files of ``dataset``; None: the files cached in
+        ``$FPN_JAX_HOME/data/<dataset>``, downloaded there on first use (``load_idx_dataset``).
+      dataset: ``"mnist"`` or ``"fashion_mnist"``.
       out: the run folder for metrics.json, report.md and figures (``train_and_evaluate``'s
-        default ``workdir``).
+        default ``workdir``). The default names (``runs/mnist``, and ``runs/mnist-quick`` of
+        ``quick``) become ``runs/<dataset>`` and ``runs/<dataset>-quick`` for another dataset.
       bases, plugins: which combinations to run.
       seed: one seed for the data split, training and sampling.
       subset: (train, validation, test) sizes of class-balanced subsets drawn with ``seed``;
         None: all of MNIST (50,000 / 10,000 / 10,000).
       cache_dir: where trained base models and the judge are kept; None: the shared model
         cache (``fpn_jax.autoencoders.cache_dir()``), or ``out/cache`` with ``cache_in_out``.
+        Models of a dataset other than MNIST go to a subfolder named after it
+        (``model_cache``), so they never stand in for the MNIST models (kept by name).
       cache_in_out: keep the trained models in ``out/cache`` (for short runs, whose models
         must not stand in the shared cache for the paper's).
       base_epochs: at most this many epochs per base model (early stopping on validation).
@@ -78,7 +89,8 @@ class Config:
     """
 
     data_dir: str | None = None
-    out: str = "runs/mnist"
+    dataset: str = "mnist"
+    out: str = _OUT
     bases: tuple[str, ...] = BASES
     plugins: tuple[str, ...] = PLUGINS
     seed: int = 0
@@ -98,6 +110,10 @@ class Config:
     embedding_max_points: int = 1000
 
     def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"Config: `dataset` must be one of {DATASETS}; got {self.dataset!r}.")
+        if self.dataset != "mnist" and self.out in (_OUT, _QUICK_OUT):  # the defaults name the dataset
+            object.__setattr__(self, "out", self.out.replace("mnist", self.dataset, 1))
         for name, chosen, allowed in (("bases", self.bases, BASES), ("plugins", self.plugins, PLUGINS)):
             if not isinstance(chosen, tuple) or not chosen or set(chosen) - set(allowed):
                 raise ValueError(f"Config: `{name}` must be a non-empty tuple of names from {allowed}; got {chosen!r}.")
@@ -121,10 +137,16 @@ class Config:
 
     @property
     def model_cache(self) -> Path:
-        """The folder of the trained base models and judge (see ``cache_dir``)."""
+        """The folder of the trained base models and judge (see ``cache_dir``).
+
+        MNIST's models sit directly in it (``<cache>/conv_vae``, ``<cache>/judge``: the names
+        ``fpn_jax.autoencoders.load`` looks up); another dataset's in ``<cache>/<dataset>/``.
+        """
         if self.cache_dir is not None:
-            return Path(self.cache_dir)
-        return Path(self.out) / "cache" if self.cache_in_out else autoencoders.cache_dir()
+            root = Path(self.cache_dir)
+        else:
+            root = Path(self.out) / "cache" if self.cache_in_out else autoencoders.cache_dir()
+        return root if self.dataset == "mnist" else root / self.dataset
 
 
 def quick(config: Config | None = None) -> Config:
@@ -132,13 +154,14 @@ def quick(config: Config | None = None) -> Config:
 
     A balanced 3000 / 1000 / 2000 subset, 3 base epochs in batches of 128, 1 judge epoch,
     15 plugin epochs in batches of 256, 100 samples per class, 500 t-SNE points, the run
-    folder ``runs/mnist-quick`` and the trained models kept in it (``out/cache``): the whole
-    pipeline in about a minute on a CPU, with numbers that only show it works.
+    folder ``runs/mnist-quick`` (``runs/<dataset>-quick`` for another dataset) and the trained
+    models kept in it (``out/cache``): the whole pipeline in about a minute on a CPU, with
+    numbers that only show it works.
     ``experiments/mnist.py --quick`` is this overlay, then the other flags.
     """
     return dataclasses.replace(
         Config() if config is None else config,
-        out="runs/mnist-quick", subset=(3000, 1000, 2000), cache_in_out=True, base_epochs=3, base_batch_size=128,
+        out=_QUICK_OUT, subset=(3000, 1000, 2000), cache_in_out=True, base_epochs=3, base_batch_size=128,
         judge_epochs=1, plugin_epochs=15, plugin_batch_size=256, samples_per_class=100, embedding_max_points=500,
     )
 
@@ -161,8 +184,8 @@ def plugin_train_config(config: Config) -> TrainConfig:
 
 
 def load_data(config: Config) -> Dataset:
-    """MNIST with a validation split of 10k carved from the training images (or ``config.subset``)."""
-    data = load_mnist(config.data_dir, seed=config.seed)
+    """``config.dataset`` with a validation split of 10k carved from the training images (or ``config.subset``)."""
+    data = load_idx_dataset(config.dataset, config.data_dir, seed=config.seed)
     if config.subset is None:
         return data
     sizes = dict(zip(stages.SPLITS, config.subset, strict=True))
@@ -261,7 +284,8 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike | None = None)
     config, out = stages.run_folder(config, workdir)
     timer = stages.Timer()
     record: dict[str, Any] = {
-        "config": _config_record(config), "environment": stages.environment(), "paper": PAPER,
+        "config": _config_record(config), "environment": stages.environment(),
+        "paper": PAPER if config.dataset == "mnist" else {},
         "base_models": {}, "baselines": {}, "results": {}, "timings": timer.seconds,
     }
     with timer("data"):

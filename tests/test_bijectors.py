@@ -109,14 +109,16 @@ def test_repeat_stacks_parameters_and_alternates_parity():
 
 
 def test_softplus_matches_jax_to_a_few_ulp():
-    """The scale's softplus (Goldberg's log1p) against float64 and its derivative against sigmoid.
-    XLA simplifying ``(1 + e) - 1`` to ``e`` would make small-e values off by millions of ulp."""
+    """The scale's softplus against float64, both its plain primal and the one its derivative rule
+    computes (Goldberg's log1p), and its derivative against sigmoid. XLA simplifying
+    ``(1 + e) - 1`` to ``e`` would make small-e values off by millions of ulp."""
     a = np.concatenate([np.linspace(-80, 80, 200_001), np.random.default_rng(0).standard_normal(100_000) * 5])
     a = a.astype(np.float32)
     a64 = a.astype(np.float64)
     exact = np.logaddexp(a64, 0.0)
     ulp = np.finfo(np.float32).eps
-    for fn in (softplus, jax.jit(softplus)):
+    goldberg = jax.jit(lambda x: jax.jvp(softplus, (x,), (jnp.ones_like(x),))[0])
+    for fn in (softplus, jax.jit(softplus), goldberg):
         ours = np.asarray(fn(jnp.asarray(a)), np.float64)
         assert np.max(np.abs(ours - exact) / exact) < 4 * ulp
     slope = np.asarray(jax.jit(jax.vmap(jax.grad(softplus)))(jnp.asarray(a)), np.float64)

@@ -50,8 +50,8 @@ def test_made_jacobian_is_strictly_triangular():
     features, hidden = 6, 20
     made = perturb(MADE(features, hidden, 3, num_blocks=2, batch_norm=True, rngs=nnx.Rngs(0)), jax.random.key(1))
     x, c = data(features, n=4)
-    jac = jax.jit(jax.vmap(jax.jacfwd(lambda v, ci: made(v[None], ci[None])[0])))(x, c)  # (N, D, 2, D)
-    jac = jnp.abs(jac).max(axis=(0, 2))  # (D outputs, D inputs)
+    jac = jax.jit(jax.vmap(jax.jacfwd(lambda v, ci: made(v[None], ci[None])[0])))(x, c)  # (N, 2, D, D)
+    jac = jnp.abs(jac).max(axis=(0, 1))  # (D outputs, D inputs)
     upper = np.triu(np.ones((features, features), bool))
     assert float(jac[upper].max()) == 0.0  # output i never sees inputs i, i+1, ...
     assert float(jac[~upper].min()) > 0.0  # and does see every input before it

@@ -71,8 +71,8 @@ class MaskedAffineAutoregressive(Bijector):
 
     def scale_and_shift(self, y: Array, context: Array | None, key: Array | None = None) -> tuple[Array, Array]:
         """``(s, m)``, each (N, D), from one MADE pass over ``y``."""
-        params = self.made(y, context, key)
-        return positive_scale(params[..., 0]), params[..., 1]
+        params = self.made(y, context, key)  # (N, 2, D)
+        return positive_scale(params[..., 0, :]), params[..., 1, :]
 
     def inverse_and_log_det(self, y, context=None, *, key=None):
         """Data → noise: ``u = s(y_<i) y + m(y_<i)``, ``log|det| = Σ_i log s_i`` (one MADE pass)."""

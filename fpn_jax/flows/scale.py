@@ -10,10 +10,15 @@
 
 The floor 1e-3 keeps ``log s`` finite and divisions by ``s`` bounded.
 
-``softplus`` here is ``jax.nn.softplus`` to about 2 ulp, at about half the cost on CPU (it
-was a fifth of a MNIST C-MAF log-prob, see ``benchmarks/README.md``): XLA's ``log1p`` is
-twice the price of ``log``, and ``log1p(e) = log(u) · e / (u - 1)`` with ``u = 1 + e``
-(Goldberg's trick) is exact to rounding because ``u - 1`` is computed exactly.
+``softplus`` here is ``jax.nn.softplus``'s formula ``max(a, 0) + log1p(exp(-|a|))`` with a
+cheaper derivative. Differentiated, it evaluates ``log1p(e) = log(u) · e / (u - 1)`` with
+``u = 1 + e`` (Goldberg's trick, exact to rounding because ``u - 1`` is computed exactly;
+XLA's ``log1p`` costs twice a ``log``) and reuses ``e`` and ``u`` for the slope: a training
+step's elementwise tail measured 4x faster than through ``jax.nn.softplus``'s rule. Not
+differentiated (log-prob, classification), the plain formula is used, because the
+optimisation barrier that Goldberg's trick needs splits XLA's fusion of the affine layer's
+elementwise work into several passes (that tail measured 1.3-1.4x slower).
+The two agree to about 2 ulp.
 """
 
 from __future__ import annotations
@@ -52,10 +57,11 @@ def _softplus_parts(a: Array) -> tuple[Array, Array, Array]:
 def softplus(a: Array) -> Array:
     """``softplus(a) = log(1 + exp(a)) = max(a, 0) + log1p(exp(-|a|))``, elementwise.
 
-    Equal to ``jax.nn.softplus`` to about 2 ulp (max 2.2 ulp over [-80, 80]); its
-    derivative is ``sigmoid(a) = [a >= 0 ? 1 : e] / (1 + e)`` with ``e = exp(-|a|)``.
+    Equal to ``jax.nn.softplus`` (same formula); its derivative is
+    ``sigmoid(a) = [a >= 0 ? 1 : e] / (1 + e)`` with ``e = exp(-|a|)``, computed with the
+    primal by Goldberg's trick (module doc; the two primals agree to about 2 ulp).
     """
-    return _softplus_parts(a)[0]
+    return jnp.maximum(a, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(a)))
 
 
 @softplus.defjvp

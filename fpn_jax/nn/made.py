@@ -4,14 +4,18 @@ MADE: Germain et al., 2015, "MADE: Masked Autoencoder for Distribution Estimatio
 Papamakarios et al., 2017.
 
 Masked initial layer (+ ``act(Linear(c))``), masked residual blocks with the context added
-in every block, masked output layer with ``output_multiplier`` outputs per feature,
-interleaved as ``(N, D * m) -> (N, D, m)``. Sampling inverts it degree by degree
-(``fpn_jax.nn.by_degree``).
+in every block, masked output layer with ``output_multiplier`` (m) outputs per feature.
+The output layer's parameters keep nflows' interleaved column order (column ``i·m + k`` is
+parameter k of feature i); the product is computed with the columns regrouped by parameter,
+so the result comes out as (N, m, D), each parameter a contiguous (N, D) block (reading
+strided (N, D, m) slices made the affine layer's elementwise tail twice as slow).
+Sampling inverts it degree by degree (``fpn_jax.nn.by_degree``).
 """
 
 from __future__ import annotations
 
 import jax
+import numpy as np
 from flax import nnx
 
 from fpn_jax.nn import by_degree
@@ -24,9 +28,9 @@ from fpn_jax.typing import Array
 
 
 class MADE(nnx.Module):
-    """Conditional MADE with residual blocks: outputs (N, D, output_multiplier).
+    """Conditional MADE with residual blocks: outputs (N, output_multiplier, D).
 
-    ``out[:, i, :]`` depends on ``x[:, :i]`` and on the context only (strictly
+    ``out[:, :, i]`` depends on ``x[:, :i]`` and on the context only (strictly
     autoregressive in the natural order). Hidden degrees cycle over 1..D-1.
 
     Args:
@@ -86,14 +90,20 @@ class MADE(nnx.Module):
         self.activation = activation
 
     def __call__(self, x: Array, context: Array | None, key: Array | None = None) -> Array:
-        """(N, D) inputs and (N, C) context → (N, D, output_multiplier) parameters."""
+        """(N, D) inputs and (N, C) context → (N, output_multiplier, D) parameters."""
         h = self.initial_layer(x)
         if self.context_layer is not None:
             h = h + self.activation(self.context_layer(context))
         for block, k in zip(self.blocks, split_key(key, len(self.blocks)), strict=True):
             h = block(h, context, k)
-        out = self.final_layer(h)
-        return out.reshape(*out.shape[:-1], self.features, self.output_multiplier)
+        order = self.grouped_output_order()
+        out = h @ self.final_layer.weight()[:, order] + self.final_layer.bias[...][order]
+        return out.reshape(*out.shape[:-1], self.output_multiplier, self.features)
+
+    def grouped_output_order(self) -> np.ndarray:
+        """Output columns regrouped by parameter: ``[k·D + i] -> i·m + k`` (a trace-time constant)."""
+        d, m = self.features, self.output_multiplier
+        return (np.arange(d)[None, :] * m + np.arange(m)[:, None]).reshape(-1)
 
     def can_solve_by_degree(self) -> bool:
         """True when ``solve_by_degree`` applies: eval mode (a fixed map), no active dropout."""

@@ -78,6 +78,19 @@ class Config:
     batch_norm: bool
     sizes: dict[str, int]
     maf_sample: int | None = None  # MAF sampling size, where torch's D passes per layer are too slow
+    layers: int = 5
+    blocks: int = 2
+    embedding: int | None = None  # a linear context embedding C -> E before the layers
+    multi_hot: bool = False  # contexts: multi-hot attribute vectors (each bit on with p = 0.3), else one-hot
+    kinds: tuple[str, ...] = ("maf", "rnvp")
+    metrics: tuple[str, ...] = ("train", "log_prob", "sample", "classify")
+    peers: tuple[str, ...] = ("nflows", "zuko", "flowjax")  # the peers this configuration is run against
+    skip: frozenset[tuple[str, str, str]] = frozenset()  # (peer, kind, metric) not run (say why in a comment)
+
+    @property
+    def conditioner_context(self) -> int:
+        """The context width the layers see (E with an embedding, else C)."""
+        return self.embedding or self.context
 
     def size(self, kind: str, metric: str) -> int:
         if metric == "sample" and kind == "maf" and self.maf_sample is not None:
@@ -94,9 +107,21 @@ CONFIGS = {
     "shapenet": Config(
         "shapenet", 128, 55, 1024, False, {**FULL_SIZES, "classify": 200}, maf_sample=64
     ),
+    # The paper's CelebA plugins (FPN's configs/celeba/flow/{maf,rnvp}.yaml) on MSP's 2048-d latents and
+    # 40 binary attributes; against nflows only (the original code's library). A training step of the
+    # C-MAF is ~2 GFLOP per example, so the batches are small. nflows samples a C-MAF with D = 2048 full
+    # MADE passes per layer (minutes per sample on 2 cores): not run. No classification (2^40 classes).
+    "celeba-maf": Config(
+        "celeba-maf", 2048, 40, 1024, True, {"train": 256, "log_prob": 1024, "sample": 64}, layers=10, blocks=10,
+        embedding=512, multi_hot=True, kinds=("maf",), metrics=("train", "log_prob", "sample"), peers=("nflows",),
+        skip=frozenset({("nflows", "maf", "sample")}),
+    ),
+    "celeba-rnvp": Config(
+        "celeba-rnvp", 2048, 40, 1000, False, {"train": 1024, "log_prob": 4096, "sample": 4096}, multi_hot=True,
+        kinds=("rnvp",), metrics=("train", "log_prob", "sample"), peers=("nflows",),
+    ),
 }
 QUICK_SIZES = {"train": 256, "log_prob": 2000, "sample": 1000, "classify": 500}
-NUM_LAYERS, NUM_BLOCKS = 5, 2
 
 
 # --------------------------------------------------------------------------- FLOP counts
@@ -111,13 +136,13 @@ def dense_layers(config: Config, kind: str, library: str) -> list[list[tuple[int
     ``D//2`` on odd ones, ``n_tr = D - n_id``), fpn-jax de-interleaves them into halves of
     ``ceil(D/2)`` (``n_id = n_tr = D/2`` as nflows for even D, one padded position for odd D).
     zuko and flowjax feed the context into the first layer only and have no per-block context
-    layers: ``D+C -> H`` (MAF) or ``n_id + C -> H`` (coupling), ``2 x NUM_BLOCKS`` layers
+    layers: ``D+C -> H`` (MAF) or ``n_id + C -> H`` (coupling), ``2B`` layers
     ``H->H``, ``H -> 2D`` or ``H -> 2 n_tr``. zuko's coupling masks alternate as nflows';
     flowjax keeps the first ``D//2`` positions of every layer (reversed in between).
     """
-    d, c, h, b = config.features, config.context, config.hidden, NUM_BLOCKS
-    layers = []
-    for i in range(NUM_LAYERS):
+    d, c, h, b = config.features, config.conditioner_context, config.hidden, config.blocks
+    layers = [[(config.context, config.embedding)]] if config.embedding else []
+    for i in range(config.layers):
         if kind == "maf":
             n_id = n_tr = d
         elif library == "fpn-jax":
@@ -151,11 +176,12 @@ def maf_sample_flops(config: Config, library: str) -> int:
     d = config.features
     if library != "fpn-jax":
         return d * pass_flops(config, "maf", library)
-    h, c, b = config.hidden, config.context, NUM_BLOCKS
+    h, c, b = config.hidden, config.conditioner_context, config.blocks
     g = math.ceil(h / max(1, d - 1))
     context = c * h * (1 + b)  # the context projections, once per sample
     per_degree = g * d + b * 2 * g * h + 2 * h  # hidden windows + the two outputs of this degree
-    return 2 * NUM_LAYERS * (context + d * per_degree)
+    embedding = config.context * config.embedding if config.embedding else 0
+    return 2 * (embedding + config.layers * (context + d * per_degree))
 
 
 def flops_per_example(config: Config, kind: str, metric: str, library: str) -> int:
@@ -173,9 +199,9 @@ def flops_per_example(config: Config, kind: str, metric: str, library: str) -> i
 def build_fpn(config: Config, kind: str, seed: int = 0):
     cls = ConditionalMAF if kind == "maf" else ConditionalRealNVP
     return cls(
-        config.features, config.context, hidden_features=config.hidden, num_layers=NUM_LAYERS,
-        num_blocks=NUM_BLOCKS, batch_norm_within=config.batch_norm, batch_norm_between=config.batch_norm,
-        rngs=nnx.Rngs(seed),
+        config.features, config.context, hidden_features=config.hidden, num_layers=config.layers,
+        num_blocks=config.blocks, batch_norm_within=config.batch_norm, batch_norm_between=config.batch_norm,
+        embedding_features=config.embedding, rngs=nnx.Rngs(seed),
     )
 
 
@@ -199,10 +225,13 @@ def make_train_step(flow, learning_rate: float = 1e-3):
 
 
 def data(config: Config, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Standard-normal latents and random one-hot contexts, float32."""
+    """Standard-normal latents and random one-hot (or multi-hot, p = 0.3 per bit) contexts, float32."""
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((n, config.features), dtype=np.float32)
-    context = np.eye(config.context, dtype=np.float32)[rng.integers(0, config.context, n)]
+    if config.multi_hot:
+        context = (rng.random((n, config.context)) < 0.3).astype(np.float32)
+    else:
+        context = np.eye(config.context, dtype=np.float32)[rng.integers(0, config.context, n)]
     return z, context
 
 
@@ -250,30 +279,32 @@ def build_nflows(config: Config, kind: str, seed: int = 0):
     from torch.nn import functional as F
 
     torch.manual_seed(seed)
-    d, c, h, bn = config.features, config.context, config.hidden, config.batch_norm
+    d, c, h, bn = config.features, config.conditioner_context, config.hidden, config.batch_norm
     mask = torch.ones(d)
     mask[::2] = -1
     layers = []
-    for _ in range(NUM_LAYERS):
+    for _ in range(config.layers):
         if kind == "maf":
             layers += [
                 ReversePermutation(features=d),
                 MaskedAffineAutoregressiveTransform(
-                    features=d, hidden_features=h, context_features=c, num_blocks=NUM_BLOCKS,
+                    features=d, hidden_features=h, context_features=c, num_blocks=config.blocks,
                     use_residual_blocks=True, random_mask=False, activation=F.relu,
                     dropout_probability=0.0, use_batch_norm=bn,
                 ),
             ]
         else:
             net = lambda i, o: ResidualNet(  # noqa: E731
-                i, o, hidden_features=h, context_features=c, num_blocks=NUM_BLOCKS,
+                i, o, hidden_features=h, context_features=c, num_blocks=config.blocks,
                 activation=F.relu, dropout_probability=0.0, use_batch_norm=bn,
             )
             layers.append(AffineCouplingTransform(mask=mask.clone(), transform_net_create_fn=net))
             mask *= -1
         if bn:
             layers.append(BatchNorm(features=d))
-    flow = Flow(CompositeTransform(layers), StandardNormal([d]))
+    # The original CelebA plugin embeds the attributes with a linear layer (Flow's embedding_net).
+    embedding = torch.nn.Linear(config.context, config.embedding) if config.embedding else None
+    flow = Flow(CompositeTransform(layers), StandardNormal([d]), embedding_net=embedding)
     with torch.no_grad():  # nflows' BatchNorm starts its running variance at 0; fpn-jax at 1
         for name, buffer in flow.named_buffers():
             if name.endswith("running_var"):
@@ -284,28 +315,28 @@ def build_nflows(config: Config, kind: str, seed: int = 0):
 def build_zuko(config: Config, kind: str, seed: int = 0):
     """zuko 1.6's closest equivalent (no batch norm: zuko has none).
 
-    MAF: ``zuko.flows.MAF`` with ``residual=True`` and ``hidden_features = [H] * NUM_BLOCKS``,
-    i.e. masked ``D+C -> H``, NUM_BLOCKS residual blocks ``h + L(relu(L(h)))`` of two ``H->H``
+    MAF: ``zuko.flows.MAF`` with ``residual=True`` and ``hidden_features = [H] * B``,
+    i.e. masked ``D+C -> H``, B residual blocks ``h + L(relu(L(h)))`` of two ``H->H``
     each, masked ``H -> 2D``; the feature order alternates ascending / descending (a reversal
     between layers). Coupling: ``zuko.flows.NICE`` (affine: RealNVP) with its plain MLP
-    conditioner (``GeneralCouplingTransform`` has no residual option) of ``2 x NUM_BLOCKS + 1``
+    conditioner (``GeneralCouplingTransform`` has no residual option) of ``2B + 1``
     hidden layers, the same dense products as the residual nets; checkered masks alternating.
     """
     import torch
     import zuko
 
     torch.manual_seed(seed)
-    d, c, h = config.features, config.context, config.hidden
+    d, c, h, b = config.features, config.context, config.hidden, config.blocks
     if kind == "maf":
-        return zuko.flows.MAF(d, c, transforms=NUM_LAYERS, hidden_features=[h] * NUM_BLOCKS, residual=True)
-    return zuko.flows.NICE(d, c, transforms=NUM_LAYERS, hidden_features=[h] * (2 * NUM_BLOCKS + 1))
+        return zuko.flows.MAF(d, c, transforms=config.layers, hidden_features=[h] * b, residual=True)
+    return zuko.flows.NICE(d, c, transforms=config.layers, hidden_features=[h] * (2 * b + 1))
 
 
 def build_flowjax(config: Config, kind: str, seed: int = 0):
     """flowjax 19.1's closest equivalent (no batch norm: flowjax has none).
 
     ``flowjax.flows.masked_autoregressive_flow`` / ``coupling_flow`` with an ``Affine``
-    transformer, ``nn_depth = 2 x NUM_BLOCKS + 1`` hidden layers (plain MLPs, no residual
+    transformer, ``nn_depth = 2B + 1`` hidden layers (plain MLPs, no residual
     option: the same dense products as the residual nets) and ``invert=True`` (``log_prob`` is the
     one-pass direction), its random permutations between layers replaced by reversals (``Flip``).
     """
@@ -318,27 +349,29 @@ def build_flowjax(config: Config, kind: str, seed: int = 0):
     make = masked_autoregressive_flow if kind == "maf" else coupling_flow
     dist = make(
         jax.random.key(seed), base_dist=StandardNormal((d,)), transformer=Affine(), cond_dim=c,
-        flow_layers=NUM_LAYERS, nn_width=h, nn_depth=2 * NUM_BLOCKS + 1, invert=True,
+        flow_layers=config.layers, nn_width=h, nn_depth=2 * config.blocks + 1, invert=True,
     )
     # Invert(Scan(Chain([layer, Permute]))): the stacked permutations become one reversal.
     return eqx.tree_at(lambda t: t.bijection.bijection.bijection.bijections[1], dist, Flip((d,)))
 
 
 def architecture(library: str, kind: str) -> str:
-    """One paragraph: what ``build_<library>`` builds (sizes in terms of the config's D, C, H)."""
+    """One paragraph: what ``build_<library>`` builds, in terms of the config's sizes: D features, C
+    context, H hidden, L layers, B residual blocks (each configuration's values in the JSON's
+    ``configs``; with an embedding the layers see its E outputs as their context)."""
     bn = "batch norm (where the config has it, MNIST-AE) inside the residual blocks and after every layer"
-    blocks = f"{NUM_BLOCKS} residual blocks, each two H->H layers"
+    blocks = "B residual blocks, each two H->H layers"
     no_bn = "no batch norm (the library has none; for MNIST-AE the flow is built without it)"
     texts = {
         ("fpn-jax", "maf"): (
-            f"fpn_jax.flows.ConditionalMAF: {NUM_LAYERS} layers of [reverse permutation, MADE affine autoregressive "
+            f"fpn_jax.flows.ConditionalMAF: L layers of [reverse permutation, MADE affine autoregressive "
             f"transform (s = softplus(a) + 1e-3)]. MADE: masked D->H plus relu(C->H) of the one-hot context, "
             f"{blocks} (pre-activation ReLU, residual) with the context added through a C->H layer in every "
             f"block, masked H->2D (shift, scale); {bn}. Sampling: one sweep over the degrees, computing only the "
             "hidden units each degree needs."
         ),
         ("fpn-jax", "rnvp"): (
-            f"fpn_jax.flows.ConditionalRealNVP: {NUM_LAYERS} affine coupling layers (s = softplus(a) + 1e-3), "
+            f"fpn_jax.flows.ConditionalRealNVP: L affine coupling layers (s = softplus(a) + 1e-3), "
             "checkerboard masks flipping every layer (layer 0 keeps the even positions), no permutations. "
             "The halves are de-interleaved into h = ceil(D/2) entries each (one zero pad for odd D). Conditioner "
             f"ResidualNet over [x_id, c]: (h + C)->H, {blocks} (pre-activation ReLU, residual) gated by "
@@ -346,20 +379,20 @@ def architecture(library: str, kind: str) -> str:
             f"for even D the same sizes as nflows); {bn}."
         ),
         ("nflows", "maf"): (
-            f"nflows 0.14 as the original FPN code: {NUM_LAYERS} x [ReversePermutation, "
+            f"nflows 0.14 as the original FPN code: L x [ReversePermutation, "
             "MaskedAffineAutoregressiveTransform (s = softplus(a) + 1e-3)]. MADE (use_residual_blocks): masked "
             f"D->H plus relu(C->H) of the context, {blocks} (MaskedResidualBlock, pre-activation ReLU) with "
             f"the context added through a C->H layer, masked H->2D; {bn}. Sampling: D full MADE passes per layer."
         ),
         ("nflows", "rnvp"): (
-            f"nflows 0.14 as the original FPN code: {NUM_LAYERS} AffineCouplingTransforms "
+            f"nflows 0.14 as the original FPN code: L AffineCouplingTransforms "
             "(s = sigmoid(a + 2) + 1e-3), mask[::2] = -1 flipped every layer (layer 0 keeps the even positions), "
             "no permutations; the halves are gathered (n_id = D - D//2 kept positions on even layers, D//2 on "
             f"odd ones, n_tr = D - n_id). Conditioner ResidualNet over [x_id, c]: (n_id + C)->H, {blocks} "
             f"(pre-activation ReLU) gated by sigmoid(C->H) of the context (GLU), H->2*n_tr; {bn}."
         ),
         ("zuko", "maf"): (
-            f"zuko 1.6 zuko.flows.MAF(D, C, transforms={NUM_LAYERS}, hidden_features=[H]*{NUM_BLOCKS}, "
+            f"zuko 1.6 zuko.flows.MAF(D, C, transforms=L, hidden_features=[H]*B, "
             "residual=True): MaskedAutoregressiveTransform layers (MonotonicAffineTransform, "
             "s = exp(a / (1 + |a| / log(1e3)))) with the feature order alternating ascending / descending (a "
             "reversal between layers). MaskedMLP: masked (D+C)->H (the context concatenated to the input, "
@@ -367,28 +400,28 @@ def architecture(library: str, kind: str) -> str:
             f"masked H->2D; {no_bn}. Sampling: D full MaskedMLP passes per layer."
         ),
         ("zuko", "rnvp"): (
-            f"zuko 1.6 zuko.flows.NICE(D, C, transforms={NUM_LAYERS}, hidden_features=[H]*{2 * NUM_BLOCKS + 1}) "
+            f"zuko 1.6 zuko.flows.NICE(D, C, transforms=L, hidden_features=[H]*2B+1) "
             "(affine, i.e. RealNVP): GeneralCouplingTransform layers (MonotonicAffineTransform) with checkered "
             "masks alternating as nflows' (n_id = D - D//2 kept positions on even layers, D//2 on odd ones, "
             "n_tr = D - n_id), no permutations. Conditioner: a plain ReLU MLP "
-            f"(zuko's coupling has no residual option) over [x_id, c]: (n_id + C)->H, {2 * NUM_BLOCKS} x H->H, "
+            f"(zuko's coupling has no residual option) over [x_id, c]: (n_id + C)->H, 2B x H->H, "
             "H->2*n_tr (the same dense products as the residual nets, minus their per-block context layers; "
             f"the context enters the first layer only); {no_bn}."
         ),
         ("flowjax", "maf"): (
-            f"flowjax 19.1 flowjax.flows.masked_autoregressive_flow(flow_layers={NUM_LAYERS}, nn_width=H, "
-            f"nn_depth={2 * NUM_BLOCKS + 1}, cond_dim=C, transformer=Affine() (s = softplus(a)), invert=True so "
+            f"flowjax 19.1 flowjax.flows.masked_autoregressive_flow(flow_layers=L, nn_width=H, "
+            f"nn_depth=2B+1, cond_dim=C, transformer=Affine() (s = softplus(a)), invert=True so "
             "log_prob is the one-pass direction), the random permutation after every layer replaced by a "
             "reversal (Flip); the layers are stacked and run in a lax.scan. Conditioner: a plain masked ReLU "
             f"MLP (no residual option): (D+C)->H (context concatenated to the input, the only place it enters), "
-            f"{2 * NUM_BLOCKS} x H->H, H->2D; {no_bn}. Sampling: a lax.scan of D full MLP passes per layer."
+            f"2B x H->H, H->2D; {no_bn}. Sampling: a lax.scan of D full MLP passes per layer."
         ),
         ("flowjax", "rnvp"): (
-            f"flowjax 19.1 flowjax.flows.coupling_flow(flow_layers={NUM_LAYERS}, nn_width=H, "
-            f"nn_depth={2 * NUM_BLOCKS + 1}, cond_dim=C, transformer=Affine() (s = softplus(a)), invert=True), "
+            f"flowjax 19.1 flowjax.flows.coupling_flow(flow_layers=L, nn_width=H, "
+            f"nn_depth=2B+1, cond_dim=C, transformer=Affine() (s = softplus(a)), invert=True), "
             "the random permutation after every layer replaced by a reversal (Flip), so the kept half alternates; "
             "each layer keeps its first D//2 positions. Conditioner: a plain ReLU MLP (no residual option) over "
-            f"[x_id, c]: (D//2 + C)->H, {2 * NUM_BLOCKS} x H->H, H->2*(D - D//2) (context in the first layer "
+            f"[x_id, c]: (D//2 + C)->H, 2B x H->H, H->2*(D - D//2) (context in the first layer "
             f"only); {no_bn}."
         ),
     }
@@ -518,11 +551,17 @@ def matmul_ceiling(size: int, repeats: int = 5) -> float:
     return 2 * size**3 / seconds / 1e9
 
 
+def row_peers(config: Config, kind: str, metric: str, peers: list[str]) -> list[str]:
+    """The peers of ``peers`` that this configuration's row is run against."""
+    return [p for p in peers if p in config.peers and (p, kind, metric) not in config.skip]
+
+
 def measure(config: Config, kind: str, metric: str, args, device) -> dict[str, Any]:
-    n = config.size(kind, metric) if not args.quick else QUICK_SIZES[metric]
+    n = config.size(kind, metric)
+    n = min(n, QUICK_SIZES[metric]) if args.quick else n
     n *= args.batch_scale
     sides = {"fpn-jax": Side(fpn_operation(config, kind, metric, n, device), n)}
-    for peer in args.peers:
+    for peer in row_peers(config, kind, metric, args.peers):
         sides[peer] = Side(peer_operation(peer, config, kind, metric, n, device), n)
     for library, side in sides.items():
         side.warm_up(args.min_seconds, calls=3 if library in JAX_LIBRARIES else 1)
@@ -546,7 +585,7 @@ def measure(config: Config, kind: str, metric: str, args, device) -> dict[str, A
             "compile_s": side.compile_s() if library in JAX_LIBRARIES else None,
         }
     fpn = row["fpn-jax"]
-    for peer in args.peers:
+    for peer in row_peers(config, kind, metric, args.peers):
         row[f"ratio_vs_{peer}"] = fpn["examples_per_s"] / row[peer]["examples_per_s"]
     return row
 
@@ -571,10 +610,10 @@ def markdown(result: dict[str, Any]) -> str:
                  f"{fpn['gflops_per_s']:.1f} ({100 * fpn['gflops_per_s'] / ceiling:.0f}%)",
                  f"{fpn['compile_s']:.2f}"]
         for p in peers:
-            ref = row[p]
-            cells.append(f"{ref['examples_per_s']:,.0f} ({100 * ref['gflops_per_s'] / ceiling:.0f}%)")
-        cells += [f"{row[p]['compile_s']:.2f}" for p in jax_peers]
-        cells += [f"{row[f'ratio_vs_{p}']:.2f}x" for p in peers]
+            ref = row.get(p)
+            cells.append(f"{ref['examples_per_s']:,.0f} ({100 * ref['gflops_per_s'] / ceiling:.0f}%)" if ref else "–")
+        cells += [f"{row[p]['compile_s']:.2f}" if p in row else "–" for p in jax_peers]
+        cells += [f"{row[f'ratio_vs_{p}']:.2f}x" if p in row else "–" for p in peers]
         lines.append("| " + " | ".join(cells) + " |")
     machine = result["machine"]
     lines.append("")
@@ -662,13 +701,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"matmul ceiling: {ceiling:.1f} GFLOP/s ({ceiling_size}^2 float32)", flush=True)
         rows = []
         for name in args.configs:
-            for kind in args.flows:
-                for metric in args.metrics:
-                    row = measure(CONFIGS[name], kind, metric, args, device)
+            config = CONFIGS[name]
+            for kind in [k for k in args.flows if k in config.kinds]:
+                for metric in [m for m in args.metrics if m in config.metrics]:
+                    row = measure(config, kind, metric, args, device)
                     rows.append(row)
                     write(args, result(args, argv, device, threads, ceiling, ceiling_size, rows, start))
                     extra = "".join(
-                        f"  {p} {row[p]['examples_per_s']:,.0f}/s ({row[f'ratio_vs_{p}']:.2f}x)" for p in args.peers
+                        f"  {p} {row[p]['examples_per_s']:,.0f}/s ({row[f'ratio_vs_{p}']:.2f}x)"
+                        for p in row_peers(config, kind, metric, args.peers)
                     )
                     ours = row["fpn-jax"]
                     print(
@@ -692,15 +733,16 @@ def result(args, argv, device, threads, ceiling, ceiling_size, rows, start) -> d
         "versions": versions(PACKAGES),
         "device": str(device), "threads": threads, "repeats": args.repeats, "quick": args.quick,
         "peers": args.peers, "batch_scale": args.batch_scale,
-        "configs": {name: {"features": CONFIGS[name].features, "context": CONFIGS[name].context,
-                           "hidden": CONFIGS[name].hidden, "batch_norm": CONFIGS[name].batch_norm}
-                    for name in args.configs},
+        "configs": {name: {key: getattr(CONFIGS[name], key) for key in CONFIG_FIELDS} for name in args.configs},
         "architectures": {library: {KIND_NAMES[kind]: architecture(library, kind) for kind in args.flows}
                           for library in ["fpn-jax", *args.peers]},
         "matmul_ceiling_gflops": ceiling, "ceiling_size": ceiling_size,
         "loadavg_min": min(loads), "loadavg_max": max(loads), "rows": rows,
         "seconds": time.perf_counter() - start,
     }
+
+
+CONFIG_FIELDS = ("features", "context", "hidden", "batch_norm", "layers", "blocks", "embedding", "multi_hot")
 
 
 def write(args, result: dict[str, Any]) -> None:

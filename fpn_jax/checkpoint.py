@@ -25,6 +25,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from fpn_jax.errors import CheckpointError
 from fpn_jax.registry import architectures, build, register
@@ -62,7 +63,7 @@ def save(path: str | os.PathLike, module: nnx.Module, *, extra: dict[str, Any] |
     if path.exists() and not overwrite:
         raise FileExistsError(f"save: {path} exists; pass overwrite=True to replace it.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    temporary = path.with_name(f".{path.name}.tmp-{_token()}")
     state = jax.device_get(nnx.to_pure_dict(nnx.state(module)))
     try:
         with _checkpointer() as checkpointer:
@@ -72,15 +73,26 @@ def save(path: str | os.PathLike, module: nnx.Module, *, extra: dict[str, Any] |
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    _recover(path)
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(path, old)
-        os.replace(temporary, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(temporary, path)
+    if jax.process_index() == 0:  # several processes (every one calls save): process 0 renames
+        _recover(path)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(path, old)
+            os.replace(temporary, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(temporary, path)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"fpn_jax.checkpoint.save {path}")
     return path
+
+
+def _token() -> str:
+    """A random name for a temporary folder, the same in every process of a multi-process run."""
+    token = np.frombuffer(uuid.uuid4().bytes[:4], np.int32)
+    if jax.process_count() > 1:  # orbax writes one folder with every process: process 0's name
+        token = multihost_utils.broadcast_one_to_all(token)
+    return f"{int(np.asarray(token).view(np.uint32)[0]):08x}"
 
 
 def _recover(path: Path) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from fpn_jax.runtime import mesh
+from fpn_jax.runtime import agreement, mesh
 from fpn_jax.typing import Array
 
 
@@ -27,6 +27,8 @@ def map_in_chunks(fn: Callable[..., Array], *arrays: Array, batch_size: int) -> 
       batch_size: rows per call (before rounding).
     """
     n = arrays[0].shape[0]
+    if mesh.several_processes():  # several processes: all must take the same chunks
+        agreement.check_same(arrays, what="the input", where="fpn-jax on several processes", sample=64)
     if n == 0:
         one = [jax.ShapeDtypeStruct((mesh.padded(1),) + a.shape[1:], a.dtype) for a in arrays]
         out = jax.eval_shape(fn, *one)

@@ -27,6 +27,11 @@ the machine). ``use_devices`` picks others for a block of code::
 
     with fpn_jax.parallel.use_devices(jax.devices()[:1]):
         fpn_jax.fit(flow, z, context, key=key)   # on one device
+
+Several processes (a TPU pod slice, several GPU hosts): after
+``fpn_jax.runtime.distributed.initialize()`` ``jax.devices()`` holds every process's devices,
+so the mesh spans them all and the same code runs SPMD in every process
+(``fpn_jax.runtime.distributed`` says what each process passes and gets back).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from fpn_jax.runtime import agreement
 from fpn_jax.typing import Array
 
 AXIS = "data"
@@ -101,6 +107,16 @@ def mesh() -> Mesh:
     return _mesh(devices())
 
 
+def several_processes() -> bool:
+    """True when the devices in use belong to several processes (``fpn_jax.runtime.distributed``)."""
+    return _several(devices())
+
+
+@functools.cache
+def _several(chosen: tuple[jax.Device, ...]) -> bool:
+    return any(d.process_index != jax.process_index() for d in chosen)
+
+
 def row_sharding() -> NamedSharding:
     """Rows split over the ``data`` axis: ``P("data")``."""
     return NamedSharding(mesh(), PartitionSpec(AXIS))
@@ -132,15 +148,55 @@ def replicate(tree: Any, *, commit: bool = False) -> Any:
     every leaf gets the replicated sharding. A loop that feeds a jitted function's outputs back
     to it needs that: the outputs come back committed, and a first call on uncommitted inputs
     compiles the function a second time (10-15 s for a training epoch of the MNIST plugins).
+
+    On a mesh of several processes (``fpn_jax.runtime.distributed``) each process's value of a
+    leaf goes to its own devices: every process must pass the same values.
     """
     chosen, sharding = frozenset(devices()), replicated()
 
     def put(x: Any) -> Any:
         if not isinstance(x, (jax.Array, np.ndarray)) or (_on_all(x, chosen) and not commit):
             return x
-        return jax.device_put(x, sharding)
+        return _put(x, sharding)
 
     return jax.tree.map(put, tree)
+
+
+def _put(x: Any, sharding: NamedSharding) -> jax.Array:
+    """``jax.device_put(x, sharding)``, also between one process's devices and several processes'.
+
+    Onto a mesh of several processes, a process-local value (numpy, or an array on this process's
+    devices) is taken as the global value, the same in every process, and each process places
+    its own devices' parts (``jax.make_array_from_process_local_data``, without the
+    all-process comparison ``device_put`` makes). Onto this process's devices, a global array
+    (replicated) contributes its local copy.
+    """
+    is_global = isinstance(x, jax.Array) and not x.is_fully_addressable
+    if sharding.is_fully_addressable:
+        if is_global:
+            if not x.is_fully_replicated:
+                raise ValueError(
+                    "an array split over several processes cannot move to one process's devices; "
+                    "gather it first (jax.experimental.multihost_utils.process_allgather)."
+                )
+            x = x.addressable_data(0)
+        return jax.device_put(x, sharding)
+    if is_global:
+        return jax.device_put(x, sharding)
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(_put(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
+    return jax.make_array_from_process_local_data(sharding, x, tuple(x.shape))
+
+
+def _local(tree: Any) -> Any:
+    """Every array leaf of ``tree`` in full on this process: gathered (by XLA) when split over processes."""
+    leaves, treedef = jax.tree.flatten(tree)
+    split = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array) and not x.is_fully_addressable]
+    if split:
+        gathered = jax.jit(lambda xs: xs, out_shardings=replicated())([leaves[i] for i in split])
+        for i, x in zip(split, gathered, strict=True):
+            leaves[i] = x.addressable_data(0)
+    return jax.tree.unflatten(treedef, leaves)
 
 
 def constrain_rows(tree: Any) -> Any:
@@ -176,14 +232,21 @@ def call_on_rows(fn: Callable[..., Any], *rows: Array, **kwargs: Any) -> Any:
       **kwargs: passed as they are (parameters, keys).
 
     Returns:
-      ``fn``'s outputs cut back to N rows.
+      ``fn``'s outputs cut back to N rows. On a mesh of several processes every process must
+      pass the same rows and keys (checked on a sample of rows: ``ValueError`` otherwise) and
+      gets the whole result, gathered by XLA.
     """
     n = rows[0].shape[0]
+    several = several_processes()
+    if several:
+        agreement.check_same((rows, kwargs), what="the input", where="fpn-jax on several processes", sample=64)
     extra = padded(n) - n
     if extra:
         rows = tuple(jnp.concatenate([r, jnp.repeat(r[:1], extra, axis=0)]) for r in rows)
     if device_count() > 1:  # on one device, leave placement to JAX (arrays stay uncommitted)
         sharding = row_sharding()
-        rows = tuple(jax.device_put(r, sharding) for r in rows)
+        rows = tuple(_put(r, sharding) for r in rows)
     out = fn(*rows, **kwargs)
+    if several:  # every process gets the whole result
+        out = _local(out)
     return jax.tree.map(lambda y: y[:n], out) if extra else out

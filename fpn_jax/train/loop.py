@@ -17,6 +17,12 @@ the loss and the settings (``TrainConfig``). Per epoch ``e`` (counted from 0):
   ``copy=True``, so batch norm can update its statistics under ``jax.grad``) in the step;
 * every batch is split over all devices and the parameters replicated (``fpn_jax.runtime.mesh``),
   so ``batch_size`` must be a multiple of the device count;
+* on several processes (``fpn_jax.runtime.distributed``), the devices are all processes'
+  devices, and the training (and validation) set is assembled from every process's arrays
+  (each its share of the rows, or all the same: ``distributed.gather_rows``) and gathered onto
+  every device, so the batches, losses, history and parameters are those of one process with
+  the whole data set, in every process; checkpoints are written once (orbax) and the progress
+  bar shows in process 0 only;
 * the validation loss (eval mode) picks the best epoch; ``patience`` epochs without a
   better one stop the run; the model ends with the best epoch's state, in eval mode.
 
@@ -42,7 +48,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from fpn_jax.runtime import compiler, mesh
+from fpn_jax.runtime import compiler, distributed, mesh
 from fpn_jax.runtime.chunks import map_in_chunks
 from fpn_jax.train import step as step_lib
 from fpn_jax.train.config import History, TrainConfig
@@ -91,6 +97,11 @@ def fit_model(
         state so far and the checkpoint its last good epoch.
     """
     start = time.perf_counter()
+    several = distributed.is_multiprocess()
+    if several:  # one data set from every process's arrays; the same key and model in each
+        data = distributed.gather_rows(data, where=name)
+        distributed.check_same((key, nnx.state(model)), what="the key or the model's initial state", where=name)
+        key = mesh.replicate(key, commit=True)  # one global key (a key committed to a local device would clash)
     n = data[0].shape[0]
     d = mesh.device_count()
     if config.batch_size < n:
@@ -151,6 +162,8 @@ def fit_model(
 
     if validation is not None:
         val_data, row_loss = validation
+        if several:
+            val_data = distributed.gather_rows(val_data, where=f"{name} (validation)")
 
         @compiler.jit
         def eval_rows(state: TrainState, *chunk: Array) -> Array:
@@ -174,7 +187,8 @@ def fit_model(
     best_val = min(history.val_loss, default=np.inf)
 
     epochs = tqdm(
-        range(first_epoch, config.max_epochs), desc=name, disable=not progress or history.finished,
+        range(first_epoch, config.max_epochs), desc=name,
+        disable=not progress or history.finished or jax.process_index() != 0,
         unit="epoch", initial=first_epoch, total=config.max_epochs,
     )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -31,6 +32,21 @@ def perturb(module: nnx.Module, key: jax.Array, scale: float = 0.3) -> nnx.Modul
     nnx.update(module, jax.tree.unflatten(treedef, new))
     return module
 
+
+
+def perturb_with_numpy(module: nnx.Module, seed: int, scale: float = 0.2) -> None:
+    """Moves every ``nnx.Param`` and batch statistic away from its initial value (as
+    ``perturb``, variances multiplied by exp(noise) so they stay > 0), with numpy noise: no
+    compilation per parameter shape."""
+    rng = np.random.default_rng(seed)
+    state = nnx.state(module, (nnx.Param, nnx.BatchStat))
+    leaves, treedef = jax.tree.flatten_with_path(state)
+    new = []
+    for path, leaf in leaves:
+        value = np.asarray(leaf)
+        noise = scale * rng.standard_normal(value.shape).astype(value.dtype)
+        new.append(jnp.asarray(value * np.exp(noise) if "var" in str(path[-1]) else value + noise))
+    nnx.update(module, jax.tree.unflatten(treedef, new))
 
 def make_flow(kind: str, features: int, context_features: int = 3, *, batch_norm: bool = False, seed: int = 0, **kw):
     flow = FLOWS[kind](

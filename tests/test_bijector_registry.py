@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import perturb_with_numpy
 from flax import nnx
 
 from fpn_jax.flows import (
@@ -100,28 +101,13 @@ def _ids(case):
     return f"{case[0]}-{case[1]}"
 
 
-def perturb(module: nnx.Module, seed: int, scale: float = 0.2) -> None:
-    """Moves every ``nnx.Param`` and batch statistic away from its initial value (as conftest's
-    ``perturb``, variances multiplied by exp(noise) so they stay > 0), with numpy noise: no
-    compilation per parameter shape."""
-    rng = np.random.default_rng(seed)
-    state = nnx.state(module, (nnx.Param, nnx.BatchStat))
-    leaves, treedef = jax.tree.flatten_with_path(state)
-    new = []
-    for path, leaf in leaves:
-        value = np.asarray(leaf)
-        noise = scale * rng.standard_normal(value.shape).astype(value.dtype)
-        new.append(jnp.asarray(value * np.exp(noise) if "var" in str(path[-1]) else value + noise))
-    nnx.update(module, jax.tree.unflatten(treedef, new))
-
-
 class Case:
     """One registry entry built for one context kind, with its maps eager and jitted (compiled once)."""
 
     def __init__(self, name: str, ctx: str):
         self.name, self.ctx = name, ctx
         self.bijector = REGISTRY[name].build(C if ctx == "context" else 0, nnx.Rngs(0))
-        perturb(self.bijector, seed=11)  # every nnx.Param and batch statistic
+        perturb_with_numpy(self.bijector, seed=11)  # every nnx.Param and batch statistic
         self.bijector.eval()
         graphdef, state = nnx.split(self.bijector)
         self._state = state
@@ -265,7 +251,7 @@ def test_the_registry_covers_every_bijector_class():
 
 def test_batch_norm_runs_on_non_trivial_running_statistics():
     bijector = BatchNormBijector(D)
-    perturb(bijector, seed=11)
+    perturb_with_numpy(bijector, seed=11)
     bijector.eval()
     mean, var = np.asarray(bijector.running_mean[...]), np.asarray(bijector.running_var[...])
     assert np.abs(mean).min() > 1e-3 and np.abs(var - 1.0).min() > 1e-3

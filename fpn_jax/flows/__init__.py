@@ -5,6 +5,7 @@ from fpn_jax.flows.batch_norm import BatchNormBijector
 from fpn_jax.flows.bijector import Bijector, Chain, Constant, Reverse
 from fpn_jax.flows.coupling import AffineCoupling
 from fpn_jax.flows.flow import ConditionalFlow
+from fpn_jax.flows.image import ConditionalImageFlow
 from fpn_jax.flows.maf import ConditionalMAF
 from fpn_jax.flows.realnvp import ConditionalRealNVP
 from fpn_jax.flows.stack import Repeat
@@ -16,6 +17,7 @@ __all__ = [
     "Bijector",
     "Chain",
     "ConditionalFlow",
+    "ConditionalImageFlow",
     "ConditionalMAF",
     "ConditionalRealNVP",
     "Constant",

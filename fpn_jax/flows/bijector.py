@@ -55,12 +55,14 @@ class Chain(Bijector):
     nflows' ``CompositeTransform``, whose "forward" is our inverse.
     """
 
+    event_ndims: int = 1  # trailing axes of one event: 1 for (N, D) vectors, 3 for (N, H, W, C) images
+
     def __init__(self, bijectors: list[Bijector]):
         self.bijectors = nnx.List(bijectors)
 
     def forward_and_log_det(self, x, context=None, *, key=None):
         """Noise → data: ``f_{K-1}`` first, ``f_0`` last; the log-dets add up."""
-        log_det = jnp.zeros(x.shape[:-1], x.dtype)
+        log_det = jnp.zeros(x.shape[: x.ndim - self.event_ndims], x.dtype)
         keys = split_key(key, len(self.bijectors))
         for bijector, k in zip(reversed(self.bijectors), reversed(keys), strict=True):
             x, ld = bijector.forward_and_log_det(x, context, key=k)
@@ -69,7 +71,7 @@ class Chain(Bijector):
 
     def inverse_and_log_det(self, y, context=None, *, key=None):
         """Data → noise: ``f_0⁻¹`` first; the log-dets add up."""
-        log_det = jnp.zeros(y.shape[:-1], y.dtype)
+        log_det = jnp.zeros(y.shape[: y.ndim - self.event_ndims], y.dtype)
         keys = split_key(key, len(self.bijectors))
         for bijector, k in zip(self.bijectors, keys, strict=True):
             y, ld = bijector.inverse_and_log_det(y, context, key=k)

@@ -33,6 +33,8 @@ class Repeat(Bijector):
       rngs: parameter initialisation keys; split once per layer.
     """
 
+    event_ndims: int = 1  # trailing axes of one event: 1 for (N, D) vectors, 3 for (N, H, W, C) images
+
     def __init__(
         self,
         make_layer: Callable[[Array, nnx.Rngs], Bijector],
@@ -67,7 +69,7 @@ class Repeat(Bijector):
             # recomputing the elementwise work in the backward pass was 1.25-1.6x faster
             # there; without batch norm it was not faster, so eval mode is left alone.
             body = jax.checkpoint(body, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
-        init = (x, jnp.zeros(x.shape[:-1], x.dtype))
+        init = (x, jnp.zeros(x.shape[: x.ndim - self.event_ndims], x.dtype))
         (x, log_det), batch_stats = jax.lax.scan(body, init, (state, keys), reverse=reverse)
         if training:
             # Training mode updates running statistics; eval mode leaves state untouched,

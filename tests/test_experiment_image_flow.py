@@ -1,0 +1,116 @@
+"""The pixel-flow vs. FPN experiment: its config, command line, and `experiments/image_flow.py --quick` end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fpn_jax.experiments import image_flow, mnist, stages
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+def _command_line():
+    """experiments/image_flow.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("image_flow_command_line", ROOT / "experiments" / "image_flow.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_command_line_is_the_quick_overlay_then_the_flags():
+    cli = _command_line()
+    assert cli.parse([]) == image_flow.Config()
+    assert cli.parse(["--quick"]) == image_flow.quick()
+    assert image_flow.Config().out == "runs/image_flow/mnist"
+    assert image_flow.quick().out == "runs/image_flow/mnist-quick"
+    parsed = cli.parse(["--quick", "--dataset", "fashion_mnist", "--data-dir", "d", "--seed", "3", "--epochs", "2",
+                        "--cache-dir", "c", "--out", "o"])
+    expected = dataclasses.replace(
+        image_flow.quick(image_flow.Config(dataset="fashion_mnist", data_dir="d", seed=3)),
+        out="o", flow_epochs=2, cache_dir="c",
+    )
+    assert parsed == expected and cli.parse(["--dataset", "fashion_mnist"]).out == "runs/image_flow/fashion_mnist"
+    # The shared parts run with the MNIST experiment's config: quick runs keep their models in the run folder.
+    quick = image_flow.quick()
+    shared = image_flow.mnist_config(quick)
+    assert isinstance(shared, mnist.Config) and shared.subset == (1000, 500, 500) and shared.bases == ("conv_ae",)
+    assert quick.model_cache == Path("runs/image_flow/mnist-quick/cache")
+    assert quick.temperatures == (1.0, 0.7)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("flow_epochs", 0), ("temperatures", ()), ("temperatures", (1.0, -0.5)), ("bayes_test_size", 0),
+    ("num_blocks", -1), ("flow_learning_rate", 0.0), ("bases", ("pca",)), ("dataset", "cifar"),
+])
+def test_config_rejects_bad_values_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        image_flow.Config(**{field: value})
+
+
+def test_helpers():
+    x = np.asarray([[0.0, 1.0 / 255, 0.5, 1.0]], np.float32)
+    np.testing.assert_array_equal(image_flow.pixel_levels(x), [[0, 1, 128, 255]])
+    grids = [np.zeros((3, 2, 4, 4, 1)), np.zeros((3, 5, 4, 4, 1))]
+    both = image_flow._side_by_side(grids)
+    assert both.shape == (3, 8, 4, 4, 1) and np.all(both[:, 2] == 1.0)  # a blank column between the two
+
+
+@pytest.mark.skipif(not (MNIST / "train-images-idx3-ubyte.gz").exists(), reason=f"no MNIST files in {MNIST}")
+def test_quick_run_writes_report_metrics_and_figures(tmp_path):
+    out = tmp_path / "run"
+    flags = ["--quick", "--data-dir", str(MNIST), "--out", str(out)]
+    home = tmp_path / "fpn_jax_home"  # the shared model cache: a quick run must leave it alone
+    run = subprocess.run([sys.executable, str(ROOT / "experiments" / "image_flow.py"), *flags], capture_output=True,
+                         text=True, timeout=900, cwd=tmp_path, env=os.environ | {"FPN_JAX_HOME": str(home)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert not home.exists() and (out / "cache" / "conv_ae" / "best").is_dir() and (out / "cache" / "judge").is_dir()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"] == stages.config_record(_command_line().parse(flags))
+    assert metrics["data"] == {"train": 1000, "validation": 500, "test": 500, "num_classes": 10}
+    approaches = metrics["approaches"]
+    assert set(approaches) == {image_flow.PIXEL_FLOW, "conv_ae_maf", image_flow.SELF_CONDITIONED}
+
+    def accuracy(value):
+        return isinstance(value, float) and 0.0 <= value <= 1.0
+
+    for tag, a in approaches.items():
+        assert isinstance(a["parameters_trained"], int) and a["parameters_trained"] > 0, tag
+        assert a["train_seconds"] > 0 and a["epochs"] >= 1, tag
+        assert set(a["generation"]) == {"1.0", "0.7"}, tag
+        for generation in a["generation"].values():
+            assert accuracy(generation["generation_accuracy"]), tag
+            assert all(0.0 <= v <= 1.0 for v in generation["generation_accuracy_per_class"])
+        if tag != image_flow.SELF_CONDITIONED:
+            assert accuracy(a["bayes"]["test_accuracy"]), tag
+            assert len(a["bayes"]["test_accuracy_per_class"]) == 10
+            assert len(a["generation"]["1.0"]["generation_accuracy_per_class"]) == 10
+    for tag in (image_flow.PIXEL_FLOW, image_flow.SELF_CONDITIONED):
+        bpd = approaches[tag]["test_bits_per_dim"]
+        assert math.isfinite(bpd) and 0 < bpd < 9, tag  # 8 bits/dim is a uniform density; ~5.9 after one epoch
+    pixel, plugin = approaches[image_flow.PIXEL_FLOW], approaches["conv_ae_maf"]
+    assert pixel["bayes"]["images"] == 100 and plugin["bayes"]["same_subset_images"] == 100
+    # The base was trained in this run: it counts, with its training time.
+    assert plugin["base_cached"] is False and plugin["base_train_seconds"] > 0
+    assert plugin["parameters_trained"] == plugin["parameters_plugin"] + plugin["parameters_base"]
+    assert plugin["train_seconds"] == pytest.approx(plugin["plugin_train_seconds"] + plugin["base_train_seconds"],
+                                                    abs=0.11)
+    assert plugin["bayes"]["test_accuracy"] > 0.3  # 0.80 at seed 0 (chance 0.1)
+    assert "total" in metrics["timings"]
+
+    report = (out / "report.md").read_text()
+    assert "(quick subset)" in report and "| Conditional image flow (pixels) |" in report
+    assert "| FPN: ConvAE + C-MAF |" in report and "conditioned on the image itself" in report
+    for name in ["samples_pixel_flow.png", "samples_conv_ae_maf.png", "samples_self_conditioned.png",
+                 "samples_combined_t1.0.png", "samples_combined_t0.7.png"]:
+        assert name in report and (out / name).stat().st_size > 1000, name

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 
 from fpn_jax import validation as checks
 from fpn_jax.flows.image.flow import ConditionalImageFlow
-from fpn_jax.flows.image.preprocess import bits_per_dim, dequantize
 from fpn_jax.train.config import History, TrainConfig, check_training_setup
 from fpn_jax.train.loop import fit_model
 from fpn_jax.typing import Array, Key
@@ -42,13 +41,13 @@ def dequantized_bits_per_dim(flow: ConditionalImageFlow, batch: tuple[Array, Arr
     if key is None:
         raise ValueError("dequantized_bits_per_dim: a key is required to draw the dequantisation noise.")
     images, context = batch
-    return jnp.mean(bits_per_dim(flow.log_prob(dequantize(key, images), context), flow.num_dims))
+    return jnp.mean(flow._bits_per_dim(images, context, key))
 
 
 def row_bits_per_dim(flow: ConditionalImageFlow, batch: tuple[Array, Array]) -> Array:
     """Per-row bits/dim (validation), dequantised with a fixed key so epochs compare."""
     images, context = batch
-    return bits_per_dim(flow.log_prob(dequantize(jax.random.key(0), images), context), flow.num_dims)
+    return flow._bits_per_dim(images, context, jax.random.key(0))
 
 
 def fit_image_flow(

@@ -57,7 +57,7 @@ def test_quick_overlay_is_what_dash_dash_quick_parses_to():
         "base_batch_size": 128, "judge_epochs": 1, "plugin_epochs": 15, "plugin_batch_size": 256,
         "samples_per_class": 100, "embedding_max_points": 500,
     }
-    assert (full.base_epochs, full.base_batch_size, full.plugin_epochs, full.plugin_batch_size) == (10, 1024, 100, 1024)
+    assert (full.base_epochs, full.base_batch_size, full.plugin_epochs, full.plugin_batch_size) == (10, 1024, 500, 1024)
     # Quick runs keep their models in their own folder, never in the shared model cache.
     assert quick.model_cache == Path("runs/mnist-quick/cache")
     assert dataclasses.replace(quick, out="elsewhere").model_cache == Path("elsewhere/cache")
@@ -66,8 +66,28 @@ def test_quick_overlay_is_what_dash_dash_quick_parses_to():
     assert dataclasses.replace(quick, cache_dir="c").model_cache == Path("c")
 
 
+def test_plugin_patience_is_the_original_codes_per_combination_unless_given():
+    cli = _command_line()
+    # configs/mnist/flow/conv-{vae,ae}-{maf,rnvp}.yaml of the original code: 50, 50, 50 and 100.
+    full = mnist.Config()
+    patience = {(b, p): mnist.plugin_train_config(full, b, p).patience for b in mnist.BASES for p in mnist.PLUGINS}
+    assert patience == {("conv_vae", "maf"): 50, ("conv_vae", "rnvp"): 50, ("conv_ae", "maf"): 50,
+                        ("conv_ae", "rnvp"): 100}
+    assert mnist.plugin_train_config(full, "conv_ae", "rnvp").max_epochs == 500
+    for given in (7, None):
+        config = dataclasses.replace(full, plugin_patience=given)
+        assert {mnist.plugin_train_config(config, b, p).patience for b in mnist.BASES for p in mnist.PLUGINS} == {given}
+    assert cli.parse(["--plugin-patience", "7"]).plugin_patience == 7
+    assert cli.parse(["--plugin-patience", "none"]).plugin_patience is None
+    assert cli.parse(["--plugin-patience", "paper"]) == full
+    for bad in ("0", "-3", "soon"):
+        with pytest.raises(SystemExit):
+            cli.parse(["--plugin-patience", bad])
+
+
 @pytest.mark.parametrize("field, value", [
-    ("bases", ("conv_vae", "pca")), ("plugins", ()), ("subset", (3000, 1000)), ("plugin_epochs", 0),
+    ("bases", ("conv_vae", "pca")), ("plugin_patience", "never"),
+    ("plugins", ()), ("subset", (3000, 1000)), ("plugin_epochs", 0),
     ("samples_per_class", 2.5), ("plugin_patience", 0), ("base_learning_rates", (("conv_vae", 1e-3),)),
 ])
 def test_config_rejects_bad_values_naming_the_field(field, value):
@@ -111,6 +131,7 @@ def test_quick_run_writes_report_metrics_and_figures(tmp_path):
         assert r["generation_accuracy"] > 1.5 * CHANCE, plugin
         assert len(r["generation_accuracy_per_class"]) == 10 and r["non_finite_samples"] <= 10
         assert r["epochs"] == 5 and 0 <= r["best_epoch"] < 5
+        assert (r["max_epochs"], r["patience"]) == (5, mnist.PAPER_PATIENCE[("conv_ae", plugin)])
 
     assert "total" in metrics["timings"]
     report = (out / "report.md").read_text()
@@ -120,6 +141,8 @@ def test_quick_run_writes_report_metrics_and_figures(tmp_path):
                    "training_curves.png"]:
         assert figure in report and (out / figure).stat().st_size > 1000
     assert "0.9677" in report  # the paper's number sits beside ours
+    assert "| ConvAE | C-RealNVP | 5 |" in report and "| 100 | 5 | epoch cap |" in report  # why training stopped
+    assert "Test accuracy above the paper's (uniform prior): 0 of 2. Generation accuracy >= 0.95: 0 of 2." in report
     # The same metrics as a Fashion-MNIST run's: the report names that data set, never MNIST.
     fashion = json.loads(json.dumps(metrics))
     fashion["config"]["dataset"] = "fashion_mnist"
@@ -152,3 +175,14 @@ def test_missing_data_says_what_to_do(tmp_path):
     )
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert "--data-dir" in run.stderr or "data_dir" in run.stderr
+
+
+def test_report_says_why_each_plugin_stopped():
+    def result(epochs, best, patience, cap):
+        return {"epochs": epochs, "best_epoch": best, "patience": patience, "max_epochs": cap, "train_seconds": 1.0}
+
+    metrics = {"results": {"conv_vae": {"maf": result(61, 10, 50, 500), "rnvp": result(500, 480, 50, 500)},
+                           "conv_ae": {"maf": result(30, 29, None, 30), "rnvp": result(20, 19, 100, 500)}}}
+    rows = report_module._plugin_training(metrics).splitlines()[-4:]
+    assert [row.split(" | ")[6] for row in rows] == ["early stopping", "epoch cap", "epoch cap", "other"]
+    assert rows[0].startswith("| ConvVAE | C-MAF | 61 | 11 | 50 | 500 |")

@@ -78,7 +78,8 @@ class Config:
       bases, plugins: the FPN combinations compared (``mnist.BASES``, ``mnist.PLUGINS``).
       base_epochs, base_batch_size, judge_epochs: training of a base model / the judge when
         not cached (the MNIST experiment's defaults).
-      plugin_epochs, plugin_patience, plugin_batch_size: the plugins' training.
+      plugin_epochs, plugin_patience, plugin_batch_size: the plugins' training (the MNIST
+        experiment's: patience ``"paper"`` is ``mnist.PAPER_PATIENCE``).
       flow_epochs, flow_patience, flow_batch_size, flow_learning_rate: the pixel flow's
         training (Adam, early stopping on the validation split's bits/dim).
       hidden_channels, num_scales, steps_per_scale, num_blocks: the pixel flow's architecture
@@ -104,8 +105,8 @@ class Config:
     base_epochs: int = 10
     base_batch_size: int = 1024
     judge_epochs: int = 3
-    plugin_epochs: int = 100
-    plugin_patience: int | None = 10
+    plugin_epochs: int = mnist.Config.plugin_epochs
+    plugin_patience: int | str | None = mnist.Config.plugin_patience
     plugin_batch_size: int = 1024
     flow_epochs: int = 30
     flow_patience: int | None = 5
@@ -393,11 +394,11 @@ def _fit_plugin(base: str, plugin: str, model: Any, z: dict[str, np.ndarray], da
     def train(where: Path) -> tuple[Any, History]:
         flow = mnist.make_plugin(base, plugin, model.latent_features, data.context_features, config.seed)
         history = stages.fit_plugin(flow, z, data, key=jax.random.key(config.seed + 4),
-                                    config=mnist.plugin_train_config(cfg), checkpoint_dir=where)
+                                    config=mnist.plugin_train_config(cfg, base, plugin), checkpoint_dir=where)
         return flow, history
 
     fingerprint = {"base": base, "plugin": plugin, "settings": mnist.plugin_settings(base),
-                   "train": dataclasses.asdict(mnist.plugin_train_config(cfg)), "seed": config.seed,
+                   "train": dataclasses.asdict(mnist.plugin_train_config(cfg, base, plugin)), "seed": config.seed,
                    "dataset": config.dataset, "data": {s: len(getattr(data, s)) for s in stages.SPLITS}}
     expect = ConditionalMAF if plugin == "maf" else ConditionalRealNVP
     return stages.cached_fit(folder, train, fingerprint=fingerprint, expect=expect)

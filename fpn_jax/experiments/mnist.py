@@ -38,8 +38,9 @@ from fpn_jax.flows import ConditionalMAF, ConditionalRealNVP
 from fpn_jax.train import TrainConfig
 
 __all__ = [
-    "BASES", "DATASETS", "PAPER", "PLUGINS", "Config", "base_model", "encode", "evaluate_plugin", "judge_model",
-    "load_data", "make_plugin", "plugin_settings", "plugin_train_config", "quick", "sample_grid", "train_and_evaluate",
+    "BASES", "DATASETS", "PAPER", "PAPER_PATIENCE", "PLUGINS", "Config", "base_model", "encode", "evaluate_plugin",
+    "judge_model", "load_data", "make_plugin", "plugin_settings", "plugin_train_config", "quick", "sample_grid",
+    "train_and_evaluate",
 ]
 
 BASES = ("conv_vae", "conv_ae")
@@ -48,6 +49,10 @@ DATASETS = ("mnist", "fashion_mnist")
 """The data sets the experiment runs on (``Config.dataset``); both are read by ``load_idx_dataset``."""
 PAPER = {"maf": 0.9677, "rnvp": 0.9616, "rbf_svm": 0.9603}
 """The paper's MNIST test accuracies (C-MAF and C-RealNVP on the VAE's latents, RBF SVM)."""
+PAPER_PATIENCE = {("conv_vae", "maf"): 50, ("conv_vae", "rnvp"): 50, ("conv_ae", "maf"): 50, ("conv_ae", "rnvp"): 100}
+"""Early-stopping patience (epochs) of the original code's four MNIST plugin configs
+(``configs/mnist/flow/conv-{vae,ae}-{maf,rnvp}.yaml``; they stopped on test accuracy within
+5,000 epochs, fpn-jax on the validation split's NLL within ``Config.plugin_epochs``)."""
 GRID_COLUMNS = 10
 """Samples per class shown in each ``samples_*.png``."""
 _OUT, _QUICK_OUT = "runs/mnist", "runs/mnist-quick"  # the default run folders (MNIST's)
@@ -80,7 +85,10 @@ class Config:
       base_batch_size: images per base-model training step.
       base_learning_rates: Adam step size per base model (the original code's: 1e-3 VAE, 5e-3 AE).
       judge_epochs: training epochs of the judge CNN.
-      plugin_epochs, plugin_patience: flow training length and early-stopping patience.
+      plugin_epochs: at most this many epochs per plugin (the original code's cap was 5,000).
+      plugin_patience: early-stopping patience on the validation NLL: ``"paper"`` (the
+        original code's per-combination patience, ``PAPER_PATIENCE``: 50 epochs, 100 for
+        ConvAE + C-RealNVP), an integer for every plugin, or None (train all ``plugin_epochs``).
       plugin_batch_size: latents per flow training step.
       vae_sample_latents: encode with z ~ q(z | x) as the original code did, not the mean.
       grid_search: the paper's 5-fold grid search for the baselines (slow).
@@ -101,8 +109,8 @@ class Config:
     base_batch_size: int = 1024
     base_learning_rates: tuple[tuple[str, float], ...] = (("conv_vae", 1e-3), ("conv_ae", 5e-3))
     judge_epochs: int = 3
-    plugin_epochs: int = 100
-    plugin_patience: int | None = 10
+    plugin_epochs: int = 500
+    plugin_patience: int | str | None = "paper"
     plugin_batch_size: int = 1024
     vae_sample_latents: bool = False
     grid_search: bool = False
@@ -127,9 +135,9 @@ class Config:
                      "samples_per_class", "embedding_max_points"):
             if not _is_int(getattr(self, name), 1):
                 raise ValueError(f"Config: `{name}` must be an integer >= 1; got {getattr(self, name)!r}.")
-        if self.plugin_patience is not None and not _is_int(self.plugin_patience, 1):
+        if self.plugin_patience not in (None, "paper") and not _is_int(self.plugin_patience, 1):
             raise ValueError(
-                f"Config: `plugin_patience` must be None or an integer >= 1; got {self.plugin_patience!r}."
+                f"Config: `plugin_patience` must be 'paper', None or an integer >= 1; got {self.plugin_patience!r}."
             )
         missing = sorted(set(self.bases) - set(dict(self.base_learning_rates)))
         if missing:
@@ -177,10 +185,13 @@ def plugin_settings(base: str) -> dict[str, Any]:
     return dict(hidden_features=100, num_layers=5, num_blocks=2, batch_norm_within=True, batch_norm_between=True)
 
 
-def plugin_train_config(config: Config) -> TrainConfig:
-    """The plugins' optimisation settings: Adam 1e-3, ``plugin_*`` epochs, patience and batch."""
-    return TrainConfig(max_epochs=config.plugin_epochs, patience=config.plugin_patience,
-                       batch_size=config.plugin_batch_size)
+def plugin_train_config(config: Config, base: str, plugin: str) -> TrainConfig:
+    """The optimisation settings of ``plugin`` on ``base``: Adam 1e-3, ``plugin_*`` epochs, patience and batch.
+
+    ``plugin_patience="paper"`` resolves to ``PAPER_PATIENCE[(base, plugin)]``.
+    """
+    patience = PAPER_PATIENCE[(base, plugin)] if config.plugin_patience == "paper" else config.plugin_patience
+    return TrainConfig(max_epochs=config.plugin_epochs, patience=patience, batch_size=config.plugin_batch_size)
 
 
 def load_data(config: Config) -> Dataset:
@@ -327,13 +338,15 @@ def _run_base(
     for plugin in config.plugins:
         tag, name = f"{base}_{plugin}", f"{BASE_NAMES[base]} {PLUGIN_NAMES[plugin]}"
         flow = make_plugin(base, plugin, model.latent_features, data.context_features, config.seed)
+        settings = plugin_train_config(config, base, plugin)
         with timer(f"{tag}/fit"):
-            history = stages.fit_plugin(flow, z, data, key=jax.random.key(config.seed + 4),
-                                        config=plugin_train_config(config), checkpoint_dir=out / "plugins" / tag)
+            history = stages.fit_plugin(flow, z, data, key=jax.random.key(config.seed + 4), config=settings,
+                                        checkpoint_dir=out / "plugins" / tag)
         figures["curves"][name] = {"train_nll": history.train_loss, "val_nll": history.val_loss}
         with timer(f"{tag}/evaluate"):
             result, extra = evaluate_plugin(flow, z, data, model, judge_, config, out, tag)
-        record["results"][base][plugin] = result | stages.history_record(history)
+        record["results"][base][plugin] = result | stages.history_record(history) | {
+            "patience": settings.patience, "max_epochs": settings.max_epochs}
         figures["per_class"][name] = extra["per_class"]
         embedded[f"{PLUGIN_NAMES[plugin]} samples"] = (extra["samples"], extra["labels"])
         stages.write_metrics(out, record)  # nothing lost if a later stage fails

@@ -57,6 +57,25 @@ def test_made_jacobian_is_strictly_triangular():
     assert float(jac[~upper].min()) > 0.0  # and does see every input before it
 
 
+def test_made_output_columns_keep_nflows_interleaved_order():
+    # Column i·m + k of the output layer (nflows' layout, what conversion maps) is parameter k of
+    # feature i: it moves out[:, k, i] and nothing else.
+    features, m = 5, 3
+    made = perturb(MADE(features, 8, 2, num_blocks=1, output_multiplier=m, rngs=nnx.Rngs(0)), jax.random.key(1))
+    x, c = data(features, n=4)
+    c = c[:, :2]
+    before = made(x, c)
+    for i, k in [(0, 0), (3, 1), (4, 2), (2, 2)]:
+        bias = made.final_layer.bias[...]
+        made.final_layer.bias[...] = bias.at[i * m + k].add(1.0)
+        moved = np.asarray(made(x, c) - before)
+        made.final_layer.bias[...] = bias
+        expected = np.zeros((m, features))
+        expected[k, i] = 1.0
+        np.testing.assert_allclose(moved, np.broadcast_to(expected, moved.shape), atol=1e-5)
+        assert made.grouped_output_order()[k * features + i] == i * m + k
+
+
 def test_context_changes_log_prob(flow_kind):
     kind, bn = flow_kind
     flow = make_flow(kind, 4, batch_norm=bn)

@@ -20,21 +20,6 @@ from fpn_jax.data import DatasetUnavailableError, IDXFormatError
 from fpn_jax.evaluation.report import headline_table
 from fpn_jax.experiments import mnist
 
-_NO_PATIENCE = "none"
-
-
-def _patience(text: str) -> int | str:
-    """``--plugin-patience``: ``paper``, ``none`` or an integer >= 1."""
-    if text in ("paper", _NO_PATIENCE):
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 'paper', 'none' or an integer >= 1; got {text!r}")
-    return value
-
 
 def parse(argv: list[str] | None = None) -> mnist.Config:
     """The command line as a ``mnist.Config``: the defaults, the quick overlay with --quick, then the flags."""
@@ -53,7 +38,7 @@ def parse(argv: list[str] | None = None) -> mnist.Config:
     p.add_argument("--base-epochs", type=int, help=f"default {full.base_epochs}, or {fast.base_epochs} with --quick")
     p.add_argument("--plugin-epochs", type=int,
                    help=f"default {full.plugin_epochs}, or {fast.plugin_epochs} with --quick")
-    p.add_argument("--plugin-patience", type=_patience, metavar="paper|none|N",
+    p.add_argument("--plugin-patience", type=mnist.parse_patience, metavar="paper|none|N", default=argparse.SUPPRESS,
                    help="early-stopping patience of the plugins: the original code's per-combination values "
                    "(paper, the default: 50 epochs, 100 for ConvAE + C-RealNVP), none, or N epochs for all")
     p.add_argument("--vae-sample-latents", action="store_true", default=None,
@@ -65,13 +50,12 @@ def parse(argv: list[str] | None = None) -> mnist.Config:
         "data_dir": a.data_dir, "dataset": a.dataset, "out": a.out, "bases": (a.base,) if a.base else None,
         "plugins": (a.plugin,) if a.plugin else None, "seed": a.seed, "cache_dir": a.cache_dir,
         "base_epochs": a.base_epochs, "plugin_epochs": a.plugin_epochs,
-        "plugin_patience": a.plugin_patience,  # "none" becomes None below
         "vae_sample_latents": a.vae_sample_latents, "grid_search": a.grid_search,
     }
     config = fast if a.quick else full
     flags = {name: value for name, value in flags.items() if value is not None}
-    if flags.get("plugin_patience") == _NO_PATIENCE:
-        flags["plugin_patience"] = None
+    if "plugin_patience" in vars(a):  # given (None: --plugin-patience none)
+        flags["plugin_patience"] = a.plugin_patience
     return dataclasses.replace(config, **flags)
 
 

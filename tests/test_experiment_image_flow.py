@@ -49,6 +49,24 @@ def test_command_line_is_the_quick_overlay_then_the_flags():
     assert quick.temperatures == (1.0, 0.7)
 
 
+def test_command_line_sets_the_flow_and_plugin_sizes():
+    cli = _command_line()
+    parsed = cli.parse(["--hidden-channels", "16", "--steps-per-scale", "3", "--num-blocks", "2",
+                        "--self-conditioned-epochs", "4", "--plugin-epochs", "20", "--plugin-patience", "none",
+                        "--bayes-test-size", "300"])
+    assert parsed == dataclasses.replace(image_flow.Config(), hidden_channels=16, steps_per_scale=3, num_blocks=2,
+                                         self_conditioned_epochs=4, plugin_epochs=20, plugin_patience=None,
+                                         bayes_test_size=300)
+    assert cli.parse(["--plugin-patience", "9"]).plugin_patience == 9
+    assert cli.parse([]).plugin_patience == "paper" == mnist.Config().plugin_patience
+    # The defaults: the tutorial's training (5 epochs, Adam 1e-3, batch 64) of a CPU-sized flow.
+    full = image_flow.Config()
+    assert (full.flow_epochs, full.flow_learning_rate, full.flow_batch_size) == (5, 1e-3, 64)
+    for bad in ("0", "soon"):
+        with pytest.raises(SystemExit):
+            cli.parse(["--plugin-patience", bad])
+
+
 @pytest.mark.parametrize("field, value", [
     ("flow_epochs", 0), ("temperatures", ()), ("temperatures", (1.0, -0.5)), ("bayes_test_size", 0),
     ("num_blocks", -1), ("flow_learning_rate", 0.0), ("bases", ("pca",)), ("dataset", "cifar"),

@@ -20,6 +20,7 @@ early stopping; the test set is evaluated once, at the end.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 from pathlib import Path
@@ -39,8 +40,8 @@ from fpn_jax.train import TrainConfig
 
 __all__ = [
     "BASES", "DATASETS", "PAPER", "PAPER_PATIENCE", "PLUGINS", "Config", "base_model", "encode", "evaluate_plugin",
-    "judge_model", "load_data", "make_plugin", "plugin_settings", "plugin_train_config", "quick", "sample_grid",
-    "train_and_evaluate",
+    "judge_model", "load_data", "make_plugin", "parse_patience", "plugin_settings", "plugin_train_config", "quick",
+    "sample_grid", "train_and_evaluate",
 ]
 
 BASES = ("conv_vae", "conv_ae")
@@ -192,6 +193,26 @@ def plugin_train_config(config: Config, base: str, plugin: str) -> TrainConfig:
     """
     patience = PAPER_PATIENCE[(base, plugin)] if config.plugin_patience == "paper" else config.plugin_patience
     return TrainConfig(max_epochs=config.plugin_epochs, patience=patience, batch_size=config.plugin_batch_size)
+
+
+def parse_patience(text: str) -> int | str | None:
+    """A command line's ``--plugin-patience``: ``"paper"``, ``"none"`` (None: no early stopping) or N >= 1.
+
+    Raises:
+      argparse.ArgumentTypeError: anything else, with what was expected and what was given (as
+        an argparse ``type=`` it becomes the command line's error message).
+    """
+    if text == "paper":
+        return text
+    if text == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'paper', 'none' or an integer >= 1; got {text!r}")
+    return value
 
 
 def load_data(config: Config) -> Dataset:

@@ -42,6 +42,8 @@ def parse(argv: list[str] | None = None) -> image_flow.Config:
     p.add_argument("--plugin-epochs", type=int, help=f"epoch cap of the plugins (default {full.plugin_epochs})")
     p.add_argument("--plugin-patience", type=mnist.parse_patience, metavar="paper|none|N", default=argparse.SUPPRESS,
                    help="early-stopping patience of the plugins (default paper: the MNIST experiment's)")
+    p.add_argument("--plugins-from", metavar="RUN", help="use the plugins a MNIST run trained (e.g. runs/mnist; "
+                   "same settings, data and base models) instead of training them again")
     p.add_argument("--bayes-test-size", type=int, help="test images classified in pixel space (default: all)")
     a = p.parse_args(argv)
     first = {"data_dir": a.data_dir, "dataset": a.dataset, "seed": a.seed}
@@ -51,7 +53,7 @@ def parse(argv: list[str] | None = None) -> image_flow.Config:
     flags = {"out": a.out, "flow_epochs": a.epochs, "cache_dir": a.cache_dir, "hidden_channels": a.hidden_channels,
              "steps_per_scale": a.steps_per_scale, "num_blocks": a.num_blocks,
              "self_conditioned_epochs": a.self_conditioned_epochs, "plugin_epochs": a.plugin_epochs,
-             "bayes_test_size": a.bayes_test_size}
+             "bayes_test_size": a.bayes_test_size, "plugins_from": a.plugins_from}
     flags = {k: v for k, v in flags.items() if v is not None}
     if "plugin_patience" in vars(a):  # given (None: --plugin-patience none)
         flags["plugin_patience"] = a.plugin_patience

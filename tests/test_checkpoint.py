@@ -69,12 +69,17 @@ def test_fit_resumes_to_the_same_parameters(tmp_path):
     fpn_jax.fit(straight, z, context, key=jax.random.key(2), config=fpn_jax.TrainConfig(max_epochs=4, **settings),
                 progress=False)
     first = fresh()
-    fpn_jax.fit(first, z, context, key=jax.random.key(2), config=fpn_jax.TrainConfig(max_epochs=2, **settings),
-                checkpoint_dir=tmp_path, progress=False)
+    part = fpn_jax.fit(first, z, context, key=jax.random.key(2), config=fpn_jax.TrainConfig(max_epochs=2, **settings),
+                       checkpoint_dir=tmp_path, progress=False)
     resumed = fresh()
     history = fpn_jax.fit(resumed, z, context, key=jax.random.key(2),
                           config=fpn_jax.TrainConfig(max_epochs=4, **settings), checkpoint_dir=tmp_path, progress=False)
     assert len(history.train_loss) == 4
+    # The wall time goes on from the first part's (saved with its last epoch), not from zero.
+    assert history.seconds >= sum(history.epoch_seconds) and history.seconds >= sum(part.epoch_seconds)
+    again = fpn_jax.fit(fresh(), z, context, key=jax.random.key(2),
+                        config=fpn_jax.TrainConfig(max_epochs=4, **settings), checkpoint_dir=tmp_path, progress=False)
+    assert len(again.train_loss) == 4 and again.seconds >= history.seconds * 0.9  # a finished run: nothing to add
     for a, b in zip(jax.tree.leaves(nnx.state(straight)), jax.tree.leaves(nnx.state(resumed)), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
 

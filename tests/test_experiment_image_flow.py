@@ -9,11 +9,15 @@ import math
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
+from fpn_jax.data import Dataset, Split
 from fpn_jax.experiments import image_flow, mnist, stages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +78,51 @@ def test_command_line_sets_the_flow_and_plugin_sizes():
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         image_flow.Config(**{field: value})
+
+
+def test_plugins_from_a_mnist_run_are_loaded_read_only_and_must_match(tmp_path):
+    rng = np.random.default_rng(0)
+
+    def split(n: int) -> Split:
+        labels = rng.integers(0, 10, n).astype(np.int32)
+        return Split(inputs=np.zeros((n, 1), np.float32), context=np.eye(10, dtype=np.float32)[labels], labels=labels)
+
+    data = Dataset(train=split(200), validation=split(100), test=split(100), num_classes=10)
+    z = {s: rng.normal(size=(len(getattr(data, s)), 40)).astype(np.float32) for s in stages.SPLITS}
+    base = types.SimpleNamespace(latent_features=40)  # fit_plugin reads only the latent size of the base
+    base_info = {"cached": True, "best_epoch": 3, "val_loss": 0.0251}
+    config = image_flow.Config(bases=("conv_ae",), plugins=("maf",), plugin_epochs=2, plugin_batch_size=50)
+    run = tmp_path / "runs" / "mnist"
+    trained, history, cached = mnist.fit_plugin("conv_ae", "maf", base, z, data, image_flow.mnist_config(config),
+                                                run / "plugins" / "conv_ae_maf", base_info)
+    assert not cached and len(history.train_loss) == 2
+
+    # Taken from the MNIST run: loaded (same parameters, same history), nothing trained or written.
+    files = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    here = tmp_path / "image_flow_run"
+    from_run = dataclasses.replace(config, plugins_from=str(run))
+    loaded, again, cached = image_flow.fit_plugin("conv_ae", "maf", base, z, data, from_run, here, base_info)
+    assert cached and again.train_loss == history.train_loss and again.seconds == history.seconds
+    for a, b in zip(jax.tree.leaves(nnx.state(trained, nnx.Param)), jax.tree.leaves(nnx.state(loaded, nnx.Param)),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == files and not here.exists()
+    # Without --plugins-from the same call trains into this run's own folder.
+    _, _, cached = image_flow.fit_plugin("conv_ae", "maf", base, z, data, config, here, base_info)
+    assert not cached and (here / "models" / "conv_ae_maf" / "training.json").exists()
+
+    # A plugin of another base model, seed or epoch cap is refused, naming what differs.
+    with pytest.raises(ValueError, match=r"base_model \({'best_epoch': 3, 'val_loss': 0.0251} there"):
+        image_flow.fit_plugin("conv_ae", "maf", base, z, data, from_run, here, base_info | {"val_loss": 0.03})
+    with pytest.raises(ValueError, match="other seed"):
+        image_flow.fit_plugin("conv_ae", "maf", base, z, data, dataclasses.replace(from_run, seed=1), here,
+                              base_info)
+    with pytest.raises(ValueError, match="other train"):
+        image_flow.fit_plugin("conv_ae", "maf", base, z, data, dataclasses.replace(from_run, plugin_epochs=3),
+                              here, base_info)
+    with pytest.raises(ValueError, match="no finished training there"):
+        image_flow.fit_plugin("conv_ae", "rnvp", base, z, data, from_run, here, base_info)
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == files
 
 
 def test_helpers():

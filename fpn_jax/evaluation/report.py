@@ -92,7 +92,7 @@ def write_mnist_report(out: Path, metrics: dict[str, Any]) -> Path:
     sections += [f"![embedding](embedding_{base}.png)" for base in metrics["results"]]
     sections += ["## Plugin training", _plugin_training(metrics), "![training curves](training_curves.png)",
                  "## Wall time (seconds)",
-                 _table(["stage", "seconds"], [[k, v] for k, v in metrics["timings"].items()])]
+                 _table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in metrics["timings"].items()])]
     path = Path(out) / "report.md"
     path.write_text("\n\n".join(sections) + "\n")
     return path
@@ -120,7 +120,7 @@ def _plugin_training(metrics: dict[str, Any]) -> str:
                        else "other")
             rows.append([BASE_NAMES[base], PLUGIN_NAMES[plugin], r["epochs"], r["best_epoch"] + 1,
                          "none" if patience is None else patience, "–" if cap is None else cap, stopped,
-                         r["train_seconds"]])
+                         f"{r['train_seconds']:.1f}"])
     return ("Adam 1e-3; each plugin keeps the parameters of its best validation epoch.\n\n" + _table(
         ["base", "plugin", "epochs run", "best epoch", "patience", "cap", "stopped by", "seconds"], rows))
 

@@ -28,6 +28,7 @@ settings loads them). ``train_and_evaluate(config, workdir)`` writes ``metrics.j
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from collections.abc import Callable
@@ -51,7 +52,7 @@ from fpn_jax.train.image_flow import fit_image_flow
 
 __all__ = [
     "PIXEL_FLOW", "SELF_CONDITIONED", "Config", "bayes_accuracy_pixels", "evaluate_pixel_flow", "evaluate_plugin",
-    "fit_pixel_flow", "mnist_config", "pixel_levels", "quick", "sample_latents",
+    "fit_pixel_flow", "fit_plugin", "mnist_config", "pixel_levels", "quick", "sample_latents",
     "pixel_bits_per_dim", "trained_parameters", "train_and_evaluate",
 ]
 
@@ -84,6 +85,9 @@ class Config:
         not cached (the MNIST experiment's defaults).
       plugin_epochs, plugin_patience, plugin_batch_size: the plugins' training (the MNIST
         experiment's: patience ``"paper"`` is ``mnist.PAPER_PATIENCE``).
+      plugins_from: a MNIST run folder (``runs/mnist``) whose trained plugins are used instead
+        of training them again; they must match these settings, data and base models. None:
+        the plugins are trained into ``out/models``.
       flow_epochs, flow_patience, flow_batch_size, flow_learning_rate: the pixel flow's
         training (Adam, early stopping on the validation split's bits/dim).
       hidden_channels, num_scales, steps_per_scale, num_blocks: the pixel flow's architecture
@@ -112,6 +116,7 @@ class Config:
     plugin_epochs: int = mnist.Config.plugin_epochs
     plugin_patience: int | str | None = mnist.Config.plugin_patience
     plugin_batch_size: int = 1024
+    plugins_from: str | None = None
     flow_epochs: int = 5
     flow_patience: int | None = 5
     flow_batch_size: int = 64
@@ -391,21 +396,36 @@ def classification_predictions(flow: ConditionalMAF | ConditionalRealNVP, z: np.
     return np.asarray(classify(flow, z)[0])
 
 
-def _fit_plugin(base: str, plugin: str, model: Any, z: dict[str, np.ndarray], data: Dataset, config: Config,
-                folder: Path) -> tuple[Any, History, bool]:
+def fit_plugin(base: str, plugin: str, model: Any, z: dict[str, np.ndarray], data: Dataset, config: Config,
+               out: Path, base_info: dict[str, Any]) -> tuple[Any, History, bool]:
+    """A plugin as the MNIST experiment fits it (``mnist.fit_plugin``), trained here or taken from a MNIST run.
+
+    Trained into ``out/models/<tag>``; with ``config.plugins_from``, loaded from that MNIST
+    run's ``plugins/<tag>`` (read only: nothing there is trained or written).
+
+    Raises:
+      ValueError: ``plugins_from`` holds no finished training of this plugin, or one under other
+        settings, data or base model (the message names what differs).
+    """
+    tag = f"{base}_{plugin}"
     cfg = mnist_config(config)
-
-    def train(where: Path) -> tuple[Any, History]:
-        flow = mnist.make_plugin(base, plugin, model.latent_features, data.context_features, config.seed)
-        history = stages.fit_plugin(flow, z, data, key=jax.random.key(config.seed + 4),
-                                    config=mnist.plugin_train_config(cfg, base, plugin), checkpoint_dir=where)
-        return flow, history
-
-    fingerprint = {"base": base, "plugin": plugin, "settings": mnist.plugin_settings(base),
-                   "train": dataclasses.asdict(mnist.plugin_train_config(cfg, base, plugin)), "seed": config.seed,
-                   "dataset": config.dataset, "data": {s: len(getattr(data, s)) for s in stages.SPLITS}}
-    expect = ConditionalMAF if plugin == "maf" else ConditionalRealNVP
-    return stages.cached_fit(folder, train, fingerprint=fingerprint, expect=expect)
+    if config.plugins_from is None:
+        return mnist.fit_plugin(base, plugin, model, z, data, cfg, out / "models" / tag, base_info)
+    folder = Path(config.plugins_from) / "plugins" / tag
+    wanted = mnist.plugin_fingerprint(base, plugin, data, cfg, base_info)
+    kept, saved = stages.fitted(folder, fingerprint=wanted, expect=ConditionalMAF if plugin == "maf"
+                                else ConditionalRealNVP)
+    if kept is None:
+        if saved is None:
+            why = "no finished training there (run experiments/mnist.py with this version first)"
+        else:
+            wanted = json.loads(json.dumps(wanted))
+            differ = sorted(k for k in set(wanted) | set(saved) if wanted.get(k) != saved.get(k))
+            why = "trained under other " + ", ".join(f"{k} ({saved.get(k)!r} there, {wanted.get(k)!r} here)"
+                                                      for k in differ)
+        raise ValueError(f"image_flow: `plugins_from` {config.plugins_from!r}: {folder}: {why}. Drop "
+                         "--plugins-from to train the plugins in this run.")
+    return *kept, True
 
 
 # ----------------------------------------------------------------------------- the run
@@ -457,8 +477,8 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike | None = None)
         for plugin in config.plugins:
             tag = f"{base}_{plugin}"
             with timer(f"{tag}/fit"):
-                plugin_flow, plugin_history, plugin_cached = _fit_plugin(base, plugin, model, z, data, config,
-                                                                         out / "models" / tag)
+                plugin_flow, plugin_history, plugin_cached = fit_plugin(base, plugin, model, z, data, config, out,
+                                                                        base_info)
             with timer(f"{tag}/evaluate"):
                 result, grids[tag] = evaluate_plugin(plugin_flow, z, data, model, judge_, config)
             plugin_params = trained_parameters(plugin_flow)
@@ -472,8 +492,11 @@ def train_and_evaluate(config: Config, workdir: str | os.PathLike | None = None)
                 "train_seconds": round(plugin_seconds + (base_seconds or 0.0), 1),
                 "plugin_train_seconds": plugin_seconds, "base_train_seconds": base_seconds,
                 "cached": plugin_cached, "base_cached": bool(base_info.get("cached")),
+                "plugins_from": config.plugins_from,
                 "compute_note": ("plugin + base (the base was trained in this run)" if trained_here else
-                                 "plugin only (the base came from the model cache; its training is not counted)"),
+                                 "plugin only (the base came from the model cache; its training is not counted)")
+                + (f"; the plugin was trained by the MNIST run in {config.plugins_from} (its time is that "
+                   "run's)" if config.plugins_from else ""),
             }
             stages.write_metrics(out, record)
 

@@ -36,12 +36,12 @@ from fpn_jax.evaluation import judge, plots, report
 from fpn_jax.evaluation.report import BASE_NAMES, PLUGIN_NAMES
 from fpn_jax.experiments import stages
 from fpn_jax.flows import ConditionalMAF, ConditionalRealNVP
-from fpn_jax.train import TrainConfig
+from fpn_jax.train import History, TrainConfig
 
 __all__ = [
     "BASES", "DATASETS", "PAPER", "PAPER_PATIENCE", "PLUGINS", "Config", "base_model", "encode", "evaluate_plugin",
-    "judge_model", "load_data", "make_plugin", "parse_patience", "plugin_settings", "plugin_train_config", "quick",
-    "sample_grid", "train_and_evaluate",
+    "fit_plugin", "judge_model", "load_data", "make_plugin", "parse_patience", "plugin_fingerprint",
+    "plugin_settings", "plugin_train_config", "quick", "sample_grid", "train_and_evaluate",
 ]
 
 BASES = ("conv_vae", "conv_ae")
@@ -256,6 +256,42 @@ def make_plugin(
     return cls(latent_features, context_features, **plugin_settings(base), rngs=nnx.Rngs(seed))
 
 
+def plugin_fingerprint(base: str, plugin: str, data: Dataset, config: Config, base_info: dict[str, Any]
+                       ) -> dict[str, Any]:
+    """What a trained plugin depends on: architecture, optimisation, seed, data and the base it was fitted on.
+
+    The base model enters through its training record (``base_info``'s best epoch and
+    validation loss, as ``base_model`` returns it, cached or not), so a plugin is not reused on
+    a base model trained again.
+    """
+    return {"base": base, "plugin": plugin, "settings": plugin_settings(base),
+            "train": dataclasses.asdict(plugin_train_config(config, base, plugin)), "seed": config.seed,
+            "dataset": config.dataset, "data": {s: len(getattr(data, s)) for s in stages.SPLITS},
+            "base_model": {"best_epoch": base_info.get("best_epoch"), "val_loss": base_info.get("val_loss")}}
+
+
+def fit_plugin(
+    base: str, plugin: str, model: autoencoders.Autoencoder, z: dict[str, np.ndarray], data: Dataset,
+    config: Config, folder: str | os.PathLike, base_info: dict[str, Any],
+) -> tuple[ConditionalMAF | ConditionalRealNVP, History, bool]:
+    """The plugin ``plugin`` fitted on ``base``'s latents, trained into ``folder`` or loaded from it.
+
+    ``stages.cached_fit`` under ``plugin_fingerprint``: a finished training with the same
+    settings, data and base model is loaded (``cached`` True), an interrupted one resumed.
+
+    Returns:
+      ``(flow, history, cached)``: the flow at its best epoch (eval mode) and its history.
+    """
+    def train(where: Path) -> tuple[ConditionalMAF | ConditionalRealNVP, History]:
+        flow = make_plugin(base, plugin, model.latent_features, data.context_features, config.seed)
+        history = stages.fit_plugin(flow, z, data, key=jax.random.key(config.seed + 4),
+                                    config=plugin_train_config(config, base, plugin), checkpoint_dir=where)
+        return flow, history
+
+    return stages.cached_fit(folder, train, fingerprint=plugin_fingerprint(base, plugin, data, config, base_info),
+                             expect=ConditionalMAF if plugin == "maf" else ConditionalRealNVP)
+
+
 def evaluate_plugin(
     flow: ConditionalMAF | ConditionalRealNVP, z: dict[str, np.ndarray], data: Dataset,
     base: autoencoders.Autoencoder, judge_: judge.DigitCNN, config: Config, out: Path, tag: str,
@@ -358,11 +394,10 @@ def _run_base(
     record["results"][base] = {}
     for plugin in config.plugins:
         tag, name = f"{base}_{plugin}", f"{BASE_NAMES[base]} {PLUGIN_NAMES[plugin]}"
-        flow = make_plugin(base, plugin, model.latent_features, data.context_features, config.seed)
         settings = plugin_train_config(config, base, plugin)
         with timer(f"{tag}/fit"):
-            history = stages.fit_plugin(flow, z, data, key=jax.random.key(config.seed + 4), config=settings,
-                                        checkpoint_dir=out / "plugins" / tag)
+            flow, history, _ = fit_plugin(base, plugin, model, z, data, config, out / "plugins" / tag,
+                                          record["base_models"][base])
         figures["curves"][name] = {"train_nll": history.train_loss, "val_nll": history.val_loss}
         with timer(f"{tag}/evaluate"):
             result, extra = evaluate_plugin(flow, z, data, model, judge_, config, out, tag)

@@ -48,6 +48,7 @@ __all__ = [
     "cached_result",
     "cached_judge",
     "cached_latents",
+    "fitted",
     "config_record",
     "encode_splits",
     "environment",
@@ -617,19 +618,47 @@ def cached_fit(
     """
     folder = Path(folder)
     wanted = json.loads(json.dumps(dict(fingerprint), default=_jsonable))
-    record = folder / "training.json"
-    if record.exists() and (folder / "best").exists():
-        saved = json.loads(record.read_text())
-        if saved.get("fingerprint") == wanted:
-            model = checkpoint.load(folder / "best", expect=expect)
-            model.eval()
-            return model, History(**saved["history"]), True
+    kept, _ = fitted(folder, fingerprint=fingerprint, expect=expect)
+    if kept is not None:
+        return *kept, True
     model, history = train(folder)
     temporary = folder / ".training.json.tmp"
     temporary.write_text(json.dumps({"fingerprint": wanted, "history": dataclasses.asdict(history)}, indent=1,
                                     default=_jsonable))
-    temporary.replace(record)
+    temporary.replace(folder / "training.json")
     return model, history, False
+
+
+def fitted(
+    folder: str | os.PathLike,
+    *,
+    fingerprint: Mapping[str, Any],
+    expect: type | None = None,
+) -> tuple[tuple[Any, History] | None, dict[str, Any] | None]:
+    """What ``cached_fit`` would load from ``folder``, read only: never trains or writes.
+
+    Args:
+      folder: a ``cached_fit`` training folder.
+      fingerprint: the settings the model must have been trained under.
+      expect: the class ``best/`` must hold.
+
+    Returns:
+      ``(kept, saved)``: ``kept`` is ``(model, history)`` (model at its best epoch, eval mode)
+      when ``folder`` holds a finished training under an equal fingerprint, else None;
+      ``saved`` is the fingerprint the folder records (None: no finished training there), so
+      a caller can say what differs.
+    """
+    folder = Path(folder)
+    record = folder / "training.json"
+    if not (record.exists() and (folder / "best").exists()):
+        return None, None
+    saved = json.loads(record.read_text())
+    wanted = json.loads(json.dumps(dict(fingerprint), default=_jsonable))
+    if saved.get("fingerprint") != wanted:
+        return None, saved.get("fingerprint")
+    model = checkpoint.load(folder / "best", expect=expect)
+    model.eval()
+    return (model, History(**saved["history"])), saved["fingerprint"]
 
 
 # ----------------------------------------------------------------------------- results kept on disk

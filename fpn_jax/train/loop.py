@@ -185,6 +185,7 @@ def fit_model(
             state = TrainState(*restored_state)
             first_epoch = len(history.train_loss)
     best_val = min(history.val_loss, default=np.inf)
+    earlier = history.seconds  # a resumed run's wall time so far: kept, not restarted
 
     epochs = tqdm(
         range(first_epoch, config.max_epochs), desc=name,
@@ -232,6 +233,7 @@ def fit_model(
             epochs.set_postfix(postfix)
             stop = config.patience is not None and epoch - history.best_epoch >= config.patience
             history.finished = stop
+            history.seconds = earlier + time.perf_counter() - start  # what a crash after this epoch keeps
             if store is not None:
                 store.save(epoch, (*state, best), history)
             if stop:
@@ -240,7 +242,7 @@ def fit_model(
         epochs.close()
         nnx.update(model, *best)
         model.eval()
-        history.seconds += time.perf_counter() - start
+        history.seconds = earlier + time.perf_counter() - start
         if store is not None:
             store.close()
     return history

@@ -29,7 +29,11 @@ Usage::
     python benchmarks/flows.py --vs nflows,zuko,flowjax # side by side with the three peers
     python benchmarks/flows.py --vs-nflows              # with nflows 0.14 only
     python benchmarks/flows.py --quick                  # a small run for CI (well under a minute)
-    python benchmarks/flows.py --device gpu --batch-scale 10
+    python benchmarks/flows.py --device gpu --batch-scale 10 --vs nflows --precision float32
+
+On a GPU the torch peers run on CUDA (``torch_device``) and every timed call waits for the
+device. ``--precision`` fixes the precision of float32 matrix products for both sides: XLA
+uses TensorFloat-32 on recent NVIDIA GPUs by default, torch float32.
 
 Writes ``<out>/flows[-quick].json`` and ``.md`` (``--out``, default ``benchmarks/results``).
 The peers install with ``pip install -e .[peers]``.
@@ -428,13 +432,22 @@ def architecture(library: str, kind: str) -> str:
     return texts[library, kind]
 
 
-def torch_operation(flow, log_prob, sample, config: Config, metric: str, n: int) -> Callable[[], Any]:
+def torch_device(device) -> str:
+    """The torch device matching JAX's ``device``: ``"cuda"`` for a GPU, else ``"cpu"``."""
+    return "cuda" if device.platform == "gpu" else "cpu"
+
+
+def torch_operation(
+    flow, log_prob, sample, config: Config, metric: str, n: int, device: str = "cpu"
+) -> Callable[[], Any]:
     """A torch flow's operation: ``log_prob(z, c) -> (n,)`` and ``sample(c)`` as the library
     calls them; training with ``Adam`` on ``-log_prob(z, c).mean()``, inference in ``eval()``
-    under ``no_grad``, classification as one ``log_prob`` per class and ``argmax``."""
+    under ``no_grad``, classification as one ``log_prob`` per class and ``argmax``. The flow
+    and the data are moved to ``device`` (``"cpu"`` or ``"cuda"``)."""
     import torch
 
-    batches = [tuple(torch.from_numpy(a) for a in data(config, n, seed)) for seed in range(4)]
+    flow.to(device)
+    batches = [tuple(torch.from_numpy(a).to(device) for a in data(config, n, seed)) for seed in range(4)]
     z, context = batches[0]
     if metric == "train":
         flow.train()
@@ -457,7 +470,7 @@ def torch_operation(flow, log_prob, sample, config: Config, metric: str, n: int)
     if metric == "sample":
         return torch.no_grad()(lambda: sample(context))
     c = config.context
-    eye = torch.eye(c)
+    eye = torch.eye(c, device=device)
 
     @torch.no_grad()
     def run():
@@ -467,16 +480,19 @@ def torch_operation(flow, log_prob, sample, config: Config, metric: str, n: int)
     return run
 
 
-def nflows_operation(config: Config, kind: str, metric: str, n: int) -> Callable[[], Any]:
+def nflows_operation(config: Config, kind: str, metric: str, n: int, device: str = "cpu") -> Callable[[], Any]:
     flow = build_nflows(config, kind)
     return torch_operation(
-        flow, lambda z, c: flow.log_prob(z, context=c), lambda c: flow.sample(1, context=c), config, metric, n
+        flow, lambda z, c: flow.log_prob(z, context=c), lambda c: flow.sample(1, context=c), config, metric, n,
+        device,
     )
 
 
-def zuko_operation(config: Config, kind: str, metric: str, n: int) -> Callable[[], Any]:
+def zuko_operation(config: Config, kind: str, metric: str, n: int, device: str = "cpu") -> Callable[[], Any]:
     flow = build_zuko(config, kind)
-    return torch_operation(flow, lambda z, c: flow(c).log_prob(z), lambda c: flow(c).sample(), config, metric, n)
+    return torch_operation(
+        flow, lambda z, c: flow(c).log_prob(z), lambda c: flow(c).sample(), config, metric, n, device
+    )
 
 
 def flowjax_operation(config: Config, kind: str, metric: str, n: int, device) -> Callable[[], Any]:
@@ -531,9 +547,9 @@ def flowjax_operation(config: Config, kind: str, metric: str, n: int, device) ->
 
 def peer_operation(library: str, config: Config, kind: str, metric: str, n: int, device) -> Callable[[], Any]:
     if library == "nflows":
-        return nflows_operation(config, kind, metric, n)
+        return nflows_operation(config, kind, metric, n, torch_device(device))
     if library == "zuko":
-        return zuko_operation(config, kind, metric, n)
+        return zuko_operation(config, kind, metric, n, torch_device(device))
     return flowjax_operation(config, kind, metric, n, device)
 
 
@@ -564,7 +580,7 @@ def measure(config: Config, kind: str, metric: str, args, device) -> dict[str, A
     for peer in row_peers(config, kind, metric, args.peers):
         sides[peer] = Side(peer_operation(peer, config, kind, metric, n, device), n)
     for library, side in sides.items():
-        side.warm_up(args.min_seconds, calls=3 if library in JAX_LIBRARIES else 1)
+        side.warm_up(args.min_seconds, calls=3 if library in JAX_LIBRARIES else 2)
     load = interleaved_repeats(sides.values(), args.repeats)
     row: dict[str, Any] = {
         "config": config.name, "flow": KIND_NAMES[kind], "metric": metric, "examples": n,
@@ -635,7 +651,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['platform']}; "
         f"device {result['device']}; XLA/torch threads {result['threads']}  ",
         "Versions: " + ", ".join(f"{k} {versions[k]}" for k in shown) + "  ",
-        f"Matmul ceiling (jitted float32 {result['ceiling_size']}^2 matmul): {ceiling:.1f} GFLOP/s  ",
+        f"Matmul ceiling (jitted float32 {result['ceiling_size']}^2 matmul): {ceiling:.1f} GFLOP/s; "
+        f"float32 matmul precision: {PRECISION_TEXT[result.get('precision', 'default')]}  ",
         f"Load average (1 min) during the run: min {result['loadavg_min']:.2f}, max {result['loadavg_max']:.2f}  ",
         f"Median of {result['repeats']} repeats after warm-up; total {result['seconds']:.0f} s.",
     ]
@@ -643,9 +660,33 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 BASE_PACKAGES = ["jax", "jaxlib", "flax", "optax", "fpn-jax"]
+PRECISION_TEXT = {
+    "default": "each library's default (XLA on a GPU: TF32, on a CPU: float32; torch: float32)",
+    "float32": "float32 everywhere (--precision float32)",
+    "tf32": "TensorFloat-32 where the device has it (--precision tf32)",
+}
 
 
 PACKAGES = BASE_PACKAGES + ["torch", "nflows", "zuko", "flowjax", "equinox", "paramax"]
+
+
+# --precision -> (jax_default_matmul_precision, torch.set_float32_matmul_precision); None: untouched.
+PRECISIONS: dict[str, tuple[str | None, str | None]] = {
+    "default": (None, None),
+    "float32": ("float32", "highest"),
+    "tf32": ("tensorfloat32", "high"),
+}
+
+
+def set_precision(name: str, torch_too: bool) -> None:
+    """Sets the precision of float32 matrix products for JAX (and torch) for this process."""
+    jax_name, torch_name = PRECISIONS[name]
+    if jax_name is not None:
+        jax.config.update("jax_default_matmul_precision", jax_name)
+    if torch_too and torch_name is not None:
+        import torch
+
+        torch.set_float32_matmul_precision(torch_name)
 
 
 def parse_peers(text: str) -> list[str]:
@@ -666,6 +707,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vs-nflows", action="store_true", help="the same as --vs nflows")
     p.add_argument("--quick", action="store_true", help="small sizes, MNIST-VAE only: for CI")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument(
+        "--precision", choices=sorted(PRECISIONS), default="default",
+        help="float32 matrix products: each library's default (XLA on a GPU: TF32; torch: float32), "
+        "'float32' (true float32 everywhere) or 'tf32' (TensorFloat-32 on GPUs that have it)",
+    )
     p.add_argument("--batch-scale", type=int, default=1, help="multiply every batch size (larger batches on GPU)")
     p.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=None)
     p.add_argument("--flows", nargs="+", choices=KINDS, default=list(KINDS))
@@ -695,7 +741,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(threads)
-    ceiling_size = 2048 if args.quick else 4096
+    set_precision(args.precision, torch_too=any(p in TORCH_PEERS for p in args.peers))
+    # A GPU finishes a 4096^2 product in milliseconds: the ceiling there is taken at 8192^2.
+    ceiling_size = 2048 if args.quick else 4096 if device.platform == "cpu" else 8192
     with jax.default_device(device):
         ceiling = matmul_ceiling(ceiling_size)
         print(f"matmul ceiling: {ceiling:.1f} GFLOP/s ({ceiling_size}^2 float32)", flush=True)
@@ -732,7 +780,7 @@ def result(args, argv, device, threads, ceiling, ceiling_size, rows, start) -> d
         "machine": machine(),
         "versions": versions(PACKAGES),
         "device": str(device), "threads": threads, "repeats": args.repeats, "quick": args.quick,
-        "peers": args.peers, "batch_scale": args.batch_scale,
+        "peers": args.peers, "batch_scale": args.batch_scale, "precision": args.precision,
         "configs": {name: {key: getattr(CONFIGS[name], key) for key in CONFIG_FIELDS} for name in args.configs},
         "architectures": {library: {KIND_NAMES[kind]: architecture(library, kind) for kind in args.flows}
                           for library in ["fpn-jax", *args.peers]},

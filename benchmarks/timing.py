@@ -22,8 +22,15 @@ import jax
 
 
 def block(x: Any) -> Any:
-    """Waits for a JAX result; a torch result is finished when its call returns."""
-    return jax.block_until_ready(x) if not hasattr(x, "detach") else x
+    """Waits for a JAX result, or for a torch result's device (a CPU result is finished when its
+    call returns; CUDA runs asynchronously)."""
+    if not hasattr(x, "detach"):
+        return jax.block_until_ready(x)
+    if x.is_cuda:
+        import torch
+
+        torch.cuda.synchronize(x.device)
+    return x
 
 
 def timed(fn: Callable[[], Any], times: int = 1) -> float:
@@ -46,7 +53,8 @@ class Side:
 
     def warm_up(self, min_seconds: float, calls: int = 3) -> None:
         """JAX: three calls, the first traces and compiles, the second may compile again (fpn-jax's
-        public ``nnx.jit`` path does, see the README), the third is steady. torch: one or two."""
+        public ``nnx.jit`` path does, see the README), the third is steady. torch: two (the first
+        sets up its kernels and, on CUDA, its libraries)."""
         self.warm_up_s = [timed(self.fn) for _ in range(calls)]
         self.inner = max(1, math.ceil(min_seconds / max(self.warm_up_s[-1], 1e-6)))
 

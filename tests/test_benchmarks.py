@@ -75,7 +75,7 @@ def test_quick_run_writes_json_and_table(tmp_path):
             side = row[library]
             for name in ("examples_per_s", "seconds_per_call", "gflops_per_s", "flops_per_example"):
                 assert _positive_finite(side[name]), (row["flow"], row["metric"], library, name, side[name])
-            assert len(side["warm_up_calls_s"]) == (3 if library in JAX_LIBRARIES else 1)
+            assert len(side["warm_up_calls_s"]) == (3 if library in JAX_LIBRARIES else 2)
             assert all(_positive_finite(s) for s in side["warm_up_calls_s"])
             assert len(side["seconds_all_repeats"]) == result["repeats"]
             assert all(_positive_finite(s) for s in side["seconds_all_repeats"])
@@ -115,6 +115,24 @@ def test_peer_options():
     assert bench.parse(["--vs", "zuko", "--vs-nflows"]).peers == ["nflows", "zuko"]
     with pytest.raises(SystemExit):
         bench.parse(["--vs", "nflows,pyro"])
+
+
+def test_precision_option_sets_jax_matmul_precision():
+    bench = _load_benchmark()
+    assert bench.parse([]).precision == "default"
+    with pytest.raises(SystemExit):
+        bench.parse(["--precision", "bf16"])
+    before = jax.config.jax_default_matmul_precision
+    try:
+        bench.set_precision("default", torch_too=False)
+        assert jax.config.jax_default_matmul_precision == before
+        bench.set_precision("tf32", torch_too=False)
+        assert jax.config.jax_default_matmul_precision == "tensorfloat32"
+        bench.set_precision("float32", torch_too=False)
+        assert jax.config.jax_default_matmul_precision == "float32"
+    finally:
+        jax.config.update("jax_default_matmul_precision", before)
+    assert bench.torch_device(jax.devices("cpu")[0]) == "cpu"
 
 
 def test_flop_counts():

@@ -6,7 +6,14 @@ that checks maths perturbs all parameters and batch-norm statistics first.
 
 from __future__ import annotations
 
-import jax
+import os
+
+# XLA's optimisation passes cost more compile time than they save on the suite's small
+# programs (most of its time is compilation). Subprocesses (the experiments' quick runs)
+# inherit the variable. Speed is measured by benchmarks/, never here.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
+import jax  # noqa: E402
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -15,6 +22,11 @@ from flax import nnx
 from fpn_jax import ConditionalMAF, ConditionalRealNVP
 
 jax.config.update("jax_default_matmul_precision", "highest")
+jax.config.update("jax_disable_most_optimizations", os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] not in ("0", ""))
+
+# For subprocesses whose time goes into running programs rather than compiling them (the
+# base-model benchmark's timed loops of convolutions): XLA's optimisations back on.
+OPTIMIZED_XLA = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "0"}
 
 FLOWS = {"maf": ConditionalMAF, "rnvp": ConditionalRealNVP}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import OPTIMIZED_XLA
 from flax import nnx
 
 from fpn_jax import autoencoders
@@ -43,7 +45,8 @@ def test_quick_run_writes_json_and_table(tmp_path):
     # ConvVAE's steps and the torch losses of all three are checked below.
     models = ["msp"]
     command = [sys.executable, str(SCRIPT), "--quick", "--models", *models, "--out", str(tmp_path)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=os.environ | OPTIMIZED_XLA)
     assert done.returncode == 0, done.stderr[-3000:]
 
     result = json.loads((tmp_path / "base_models-quick.json").read_text())

@@ -26,6 +26,7 @@ torch = pytest.importorskip("torch")
 import torch_pointflow as ref  # noqa: E402
 
 from fpn_jax import TrainConfig, autoencoders, checkpoint  # noqa: E402
+from fpn_jax.autoencoders import pointflow  # noqa: E402
 from fpn_jax.autoencoders.pointflow import PointFlow, read_normalization  # noqa: E402
 from fpn_jax.checkpoint import CheckpointError  # noqa: E402
 from fpn_jax.convert.__main__ import main as convert_main  # noqa: E402
@@ -260,6 +261,15 @@ def test_gradient_of_the_training_loss_reaches_every_parameter():
     assert all(norms[name] < 1e-4 for name in cancelled), {name: norms[name] for name in cancelled}
     zero = [name for name, norm in norms.items() if name not in cancelled and not norm > 0]
     assert not zero, f"no gradient reaches {zero}"
+
+
+def test_max_pooling_sends_the_gradient_to_one_point_per_channel():
+    # Channel 0 has a tie between points 0 and 2; channel 1 has one maximum (point 1).
+    h = jnp.asarray([[[3.0, 1.0], [1.0, 5.0], [3.0, 2.0]]])
+    pooled = pointflow._max_over_points(h)
+    np.testing.assert_array_equal(pooled, [[3.0, 5.0]])
+    grad = jax.grad(lambda h: jnp.sum(pointflow._max_over_points(h) * jnp.asarray([2.0, 7.0])))(h)
+    np.testing.assert_array_equal(grad, [[[2.0, 0.0], [0.0, 7.0], [0.0, 0.0]]])  # the first of the tied points
 
 
 def test_fit_lowers_the_training_loss():

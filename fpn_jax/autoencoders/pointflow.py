@@ -137,10 +137,22 @@ class PointNetEncoder(nnx.Module):
             h = norm(conv(h))
             if i < last:
                 h = jax.nn.relu(h)
-        h = jnp.max(h, axis=-2)
+        h = _max_over_points(h)
         for fc, norm in zip(self.fcs[:-1], self.fc_norms, strict=True):
             h = jax.nn.relu(norm(fc(h)))
         return self.fcs[-1](h)
+
+
+def _max_over_points(h: Array) -> Array:
+    """Max-pooling over the points, h (B, P, C) → (B, C), as ``torch.max(h, dim)[0]``.
+
+    Taken at the argmax, so that the gradient goes to one point per channel (torch's rule)
+    instead of ``jnp.max``'s ``(h == max) / count``: that mask is recomputed in the backward
+    pass, and where XLA computes ``h`` there with other rounding than in the forward pass
+    (seen with ``jax_disable_most_optimizations``) no entry equals the max, and the count
+    of 0 turns the encoder's gradient into NaN.
+    """
+    return jnp.take_along_axis(h, jnp.argmax(h, axis=-2, keepdims=True), axis=-2)[..., 0, :]
 
 
 class ConcatSquashLinear(nnx.Module):

@@ -652,7 +652,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"device {result['device']}; XLA/torch threads {result['threads']}  ",
         "Versions: " + ", ".join(f"{k} {versions[k]}" for k in shown) + "  ",
         f"Matmul ceiling (jitted float32 {result['ceiling_size']}^2 matmul): {ceiling:.1f} GFLOP/s; "
-        f"float32 matmul precision: {PRECISION_TEXT[result.get('precision', 'default')]}  ",
+        f"float32 matmul precision: {PRECISIONS[result.get('precision', 'default')][2]}  ",
         f"Load average (1 min) during the run: min {result['loadavg_min']:.2f}, max {result['loadavg_max']:.2f}  ",
         f"Median of {result['repeats']} repeats after warm-up; total {result['seconds']:.0f} s.",
     ]
@@ -660,27 +660,23 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 BASE_PACKAGES = ["jax", "jaxlib", "flax", "optax", "fpn-jax"]
-PRECISION_TEXT = {
-    "default": "each library's default (XLA on a GPU: TF32, on a CPU: float32; torch: float32)",
-    "float32": "float32 everywhere (--precision float32)",
-    "tf32": "TensorFloat-32 where the device has it (--precision tf32)",
-}
 
 
 PACKAGES = BASE_PACKAGES + ["torch", "nflows", "zuko", "flowjax", "equinox", "paramax"]
 
 
-# --precision -> (jax_default_matmul_precision, torch.set_float32_matmul_precision); None: untouched.
-PRECISIONS: dict[str, tuple[str | None, str | None]] = {
-    "default": (None, None),
-    "float32": ("float32", "highest"),
-    "tf32": ("tensorfloat32", "high"),
+# --precision -> (jax_default_matmul_precision, torch.set_float32_matmul_precision, the table's
+# words); None: left as it is.
+PRECISIONS: dict[str, tuple[str | None, str | None, str]] = {
+    "default": (None, None, "each library's default (XLA on a GPU: TF32, on a CPU: float32; torch: float32)"),
+    "float32": ("float32", "highest", "float32 everywhere (--precision float32)"),
+    "tf32": ("tensorfloat32", "high", "TensorFloat-32 where the device has it (--precision tf32)"),
 }
 
 
 def set_precision(name: str, torch_too: bool) -> None:
     """Sets the precision of float32 matrix products for JAX (and torch) for this process."""
-    jax_name, torch_name = PRECISIONS[name]
+    jax_name, torch_name, _ = PRECISIONS[name]
     if jax_name is not None:
         jax.config.update("jax_default_matmul_precision", jax_name)
     if torch_too and torch_name is not None:
